@@ -1,0 +1,21 @@
+"""smooth-then-quant: remove the activation outliers that ruin low-bit quantization, then quantize.
+
+Python API (each stage a function with a typed config):
+
+    from smooth_then_quant import load_model, calibration_windows, analyze, AnalysisConfig
+    loaded = load_model("default")                       # embedded SmolLM2-135M-Instruct
+    ids, _ = calibration_windows(loaded.tokenizer, "offline", samples=32, seq_len=512)
+    analysis = analyze(loaded.model, ids, AnalysisConfig())
+"""
+__version__ = "0.1.0"
+
+from .analyze import Analysis, AnalysisConfig, analyze, detect  # noqa: E402
+from .arch import adapter_for, supported_model_types  # noqa: E402
+from .detect import ChannelRule, MassiveRule  # noqa: E402
+from .errors import SmoothQuantError  # noqa: E402
+from .load import calibration_windows, load_model, load_text  # noqa: E402
+from .probe import ProbeConfig, probe  # noqa: E402
+
+__all__ = ["Analysis", "AnalysisConfig", "analyze", "detect", "adapter_for", "supported_model_types", "ChannelRule",
+           "MassiveRule", "SmoothQuantError", "calibration_windows", "load_model", "load_text", "ProbeConfig", "probe",
+           "__version__"]

@@ -1,0 +1,101 @@
+"""Analyze: probe a model on calibration windows and run every detector.
+
+    analysis = analyze(model, input_ids, AnalysisConfig())
+    analysis.to_dict()   # what report.json holds under massive_activations, channel_outliers, ...
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .arch import adapter_for
+from .detect import (ChannelRule, MassiveActivation, MassiveRule, channel_outliers, find_massive, gamma_outliers,
+                     massive_families, outlier_triggering_channels, summarize_massive)
+from .probe import ProbeConfig, ProbeResult, probe
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    massive: MassiveRule = field(default_factory=MassiveRule)
+    channel: ChannelRule = field(default_factory=ChannelRule)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+@dataclass
+class Analysis:
+    result: ProbeResult
+    config: AnalysisConfig
+    massive: list[MassiveActivation]
+    channel_outliers: dict[str, dict[int, list[int]]]  # point -> layer -> channels
+    gamma_outliers: dict[str, dict[int, dict]]  # norm output point -> layer -> {channels, gamma, ...}
+    otc: dict[str, dict[int, list[int]]]  # x3/x4/x5 -> layer -> rows
+
+    def top_abs(self, point: str, k: int = 3) -> list[list[float]]:
+        """Per layer, the k largest |a| at a point (the paper's Figures 4/5 use x1)."""
+        return [[abs(v) for v, *_ in self.result.at(li, point).top[:k]] for li in range(self.result.num_layers)]
+
+    def outlier_counts(self) -> dict[str, list[int]]:
+        return {p: [len(self.channel_outliers[p].get(li, [])) for li in range(self.result.num_layers)]
+                for p in self.channel_outliers}
+
+    def to_dict(self) -> dict:
+        r = self.result
+        return {
+            "architecture": r.adapter.family,
+            "num_layers": r.num_layers,
+            "points": list(r.adapter.point_names),
+            "rules": {"massive": asdict(self.config.massive), "channel": asdict(self.config.channel)},
+            "massive_activations": summarize_massive(self.massive),
+            "massive_families": massive_families(self.massive, r.adapter),
+            "channel_outliers": {p: {str(li): ch for li, ch in by_layer.items()}
+                                 for p, by_layer in self.channel_outliers.items()},
+            "channel_outlier_counts": self.outlier_counts(),
+            "gamma_outliers": {p: {str(li): g for li, g in by_layer.items()} for p, by_layer in self.gamma_outliers.items()},
+            "otc": {p: {str(li): rows for li, rows in by_layer.items()} for p, by_layer in self.otc.items()},
+            "top_abs": {p: self.top_abs(p) for p in r.adapter.point_names},
+            "median_abs": {p: [r.at(li, p).median_abs for li in range(r.num_layers)] for p in r.adapter.point_names},
+            "massive_overflow": sum(s.massive_overflow for s in r.stats.values()),
+        }
+
+
+def detect(result: ProbeResult, model: nn.Module, config: AnalysisConfig = AnalysisConfig()) -> Analysis:
+    """Run every detector over finished probe statistics (no forward pass)."""
+    adapter = result.adapter
+    layers = adapter.decoder_layers(model)
+    rule = config.channel
+    cos = {p: {} for p in adapter.point_names}
+    for li, p in result.points():
+        found = channel_outliers(result.at(li, p), rule)
+        if found:
+            cos[p][li] = found
+    gammas: dict[str, dict[int, dict]] = {}
+    for site in adapter.norm_sites():
+        gammas[site.output_point] = {}
+        for li, layer in enumerate(layers):
+            g = adapter.gamma(layer, site)
+            found = gamma_outliers(result.at(li, site.output_point), g, adapter.beta(layer, site), rule)
+            if found:
+                gammas[site.output_point][li] = {
+                    "norm": site.norm, "channels": found,
+                    "gamma": [round(float(g[c]), 5) for c in found], "gamma_mean": round(float(g.mean()), 5),
+                }
+    otc = {p: {} for p in adapter.qkv}
+    src = adapter.attn_norm.output_point
+    for li, layer in enumerate(layers):
+        for p, proj in adapter.qkv.items():
+            rows = outlier_triggering_channels(result.at(li, src), result.at(li, p), adapter.weight(layer, proj),
+                                               adapter.bias(layer, proj), rule)
+            if rows:
+                otc[p][li] = rows
+    return Analysis(result, config, find_massive(result, config.massive), cos, gammas, otc)
+
+
+def analyze(model: nn.Module, input_ids: torch.Tensor, config: AnalysisConfig = AnalysisConfig()) -> Analysis:
+    """Probe `model` on input_ids: [samples, seq_len] and detect MAs, channel outliers, γ outliers, OTCs."""
+    adapter_for(model)  # fail before the pass on an unsupported architecture
+    pc = config.probe
+    floor = ProbeConfig(pc.batch_size, pc.top_k, min(pc.massive_abs, config.massive.abs_threshold),
+                        min(pc.massive_ratio, config.massive.ratio), pc.max_records, pc.progress)
+    return detect(probe(model, input_ids, floor), model, config)

@@ -1,0 +1,48 @@
+"""Command line: smooth-quant RECIPE.yaml [--set KEY=VALUE ...] [-v | -q]"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import SmoothQuantError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="smooth-quant",
+        description="Find and remove the activation outliers that ruin low-bit quantization, then quantize and "
+                    "report perplexity. Recipes: see recipes/ (analyze.yaml runs offline on the embedded SmolLM2).")
+    p.add_argument("recipe", help="YAML recipe file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key by dotted path, e.g. --set calibration.samples=8 (repeatable)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    g.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from .recipe import load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        from .pipeline import run
+
+        out = run(recipe, progress=not args.quiet)
+    except SmoothQuantError as e:
+        print(f"smooth-quant: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("smooth-quant: interrupted; no partial output was left behind.", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(f"done: {out}/report.md, {out}/report.json and plots in {out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

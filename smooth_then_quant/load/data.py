@@ -1,0 +1,127 @@
+"""Calibration and evaluation text.
+
+Sources:
+  wikitext2  wikitext-2-raw-v1 from the Hub: calibration from the train split, evaluation from
+             the test split, each joined with "\\n\\n" (the GPTQ / SmoothQuant protocol).
+  c4         allenai/c4 shards of the GPTQ protocol: calibration from random documents of
+             en/c4-train.00000-of-01024, evaluation from the first 1100 documents of
+             en/c4-validation.00000-of-00008 joined with " " (256 windows are cut from it later).
+  offline    Python's own documentation text (pydoc_data.topics, shipped with every Python):
+             topics in sorted key order joined with "\\n\\n"; the first 70 % of characters
+             calibrate, the last 30 % evaluate. No network needed.
+  FILE.txt / FILE.jsonl   a local file ("text" field of each JSON line, joined with "\\n\\n"),
+             split 70 / 30 like `offline`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ..errors import SmoothQuantError
+
+Part = Literal["calibration", "evaluation"]
+HUB_SOURCES = ("wikitext2", "c4")
+OFFLINE = "offline"
+SPLIT = 0.7
+C4_TRAIN = "en/c4-train.00000-of-01024.json.gz"
+C4_VALIDATION = "en/c4-validation.00000-of-00008.json.gz"
+
+
+@dataclass
+class Text:
+    text: str | list[str]  # one string, or documents (c4 calibration samples documents)
+    provenance: dict
+
+
+def load_text(source: str, part: Part) -> Text:
+    if source == OFFLINE:
+        import pydoc_data.topics as topics
+        import sys
+
+        full = "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
+        return _split(full, part, {"name": OFFLINE, "origin": f"pydoc_data.topics (Python {sys.version.split()[0]})"})
+    if source in HUB_SOURCES:
+        return _load_hub(source, part)
+    path = Path(source).expanduser()
+    if path.suffix in (".txt", ".jsonl"):
+        if not path.is_file():
+            raise SmoothQuantError(f"data file not found: {path}. Use an existing .txt/.jsonl file, "
+                                   f"'offline', 'wikitext2' or 'c4'.")
+        raw = path.read_text(encoding="utf-8")
+        if path.suffix == ".jsonl":
+            try:
+                raw = "\n\n".join(json.loads(line)["text"] for line in raw.splitlines() if line.strip())
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise SmoothQuantError(f"{path}: every line must be a JSON object with a \"text\" field ({e}).") from None
+        return _split(raw, part, {"name": str(path), "file_sha256": hashlib.sha256(raw.encode()).hexdigest()})
+    raise SmoothQuantError(f"unknown data source '{source}': use 'offline' (Python's documentation text, no network), "
+                           f"'wikitext2', 'c4', or a path to a .txt / .jsonl file.")
+
+
+def _split(full: str, part: Part, prov: dict) -> Text:
+    cut = int(len(full) * SPLIT)
+    text = full[:cut] if part == "calibration" else full[cut:]
+    return Text(text, {**prov, "part": part, "chars": len(text), "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                       "split": f"first {SPLIT:.0%} of characters calibrate, the rest evaluate"})
+
+
+def _load_hub(source: str, part: Part) -> Text:
+    import datasets
+
+    try:
+        if source == "wikitext2":
+            split = "train" if part == "calibration" else "test"
+            ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
+            text: str | list[str] = "\n\n".join(ds["text"])
+            prov = {"name": source, "hub": "wikitext/wikitext-2-raw-v1", "split": split}
+        else:
+            shard = C4_TRAIN if part == "calibration" else C4_VALIDATION
+            split = "train" if part == "calibration" else "validation"
+            ds = datasets.load_dataset("allenai/c4", data_files={split: shard}, split=split)
+            text = list(ds["text"]) if part == "calibration" else " ".join(ds[:1100]["text"])
+            prov = {"name": source, "hub": f"allenai/c4/{shard}", "split": split}
+    except Exception as e:  # datasets raises many types when the hub cannot be reached
+        raise SmoothQuantError(
+            f"could not load dataset '{source}' from the Hugging Face Hub ({type(e).__name__}: {str(e)[:200]}). "
+            f"Without network access use `offline` (Python's own documentation text) or a local .txt/.jsonl "
+            f"file, e.g. --set calibration.data=offline") from None
+    digest = hashlib.sha256("".join(text).encode() if isinstance(text, list) else text.encode()).hexdigest()
+    return Text(text, {**prov, "part": part, "sha256": digest, "revision": getattr(ds, "_fingerprint", None)})
+
+
+def calibration_windows(tokenizer, source: str, samples: int, seq_len: int, seed: int = 0) -> tuple[torch.Tensor, dict]:
+    """`samples` random windows of `seq_len` tokens from the calibration text: [samples, seq_len].
+
+    GPTQ protocol: a random start in the tokenized text (c4: a random document longer than
+    seq_len, then a random start in it); torch.Generator seeded with `seed`.
+    """
+    if samples < 1 or seq_len < 2:
+        raise SmoothQuantError(f"calibration needs samples >= 1 and seq_len >= 2 (got {samples}, {seq_len}).")
+    data = load_text(source, "calibration")
+    g = torch.Generator().manual_seed(seed)
+    if isinstance(data.text, list):
+        windows = []
+        for _ in range(100 * samples):
+            doc = data.text[int(torch.randint(0, len(data.text), (1,), generator=g))]
+            ids = tokenizer(doc, return_tensors="pt").input_ids[0]
+            if ids.numel() > seq_len:
+                s = int(torch.randint(0, ids.numel() - seq_len, (1,), generator=g))
+                windows.append(ids[s: s + seq_len])
+            if len(windows) == samples:
+                break
+        ids_out = torch.stack(windows)
+    else:
+        ids = tokenizer(data.text, return_tensors="pt").input_ids[0]
+        if ids.numel() <= seq_len:
+            raise SmoothQuantError(f"calibration text from '{source}' has {ids.numel()} tokens, fewer than "
+                                   f"seq_len={seq_len}; lower calibration.seq_len or use more text.")
+        starts = torch.randint(0, ids.numel() - seq_len, (samples,), generator=g)
+        ids_out = torch.stack([ids[s: s + seq_len] for s in starts.tolist()])
+    prov = {**data.provenance, "samples": samples, "seq_len": seq_len, "seed": seed,
+            "tokens": int(ids_out.numel()), "protocol": "random windows (GPTQ)"}
+    return ids_out, prov

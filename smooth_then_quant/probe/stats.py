@@ -1,0 +1,201 @@
+"""Streaming statistics of one activation point, in memory that does not grow with the data.
+
+Per channel: count, shifted first and second moments (float64), min and max.
+Per tensor: the median |a| of each batch, the top-k |a| with (sample, token, channel),
+and every element that passes the massive-activation floor (bounded list; the moments of
+those elements are also kept per channel, so statistics *without* the massive activations
+are exact whatever the cap).
+
+Median |a|: exact (`kthvalue`) for batches of at most 2**18 elements; above that, the median
+of a fixed random subsample of 2**14 elements (rank error about ±0.4 % of the distribution,
+far inside the paper's factor of 1000). The point's median is the median of its batch medians.
+
+Why hand-written and not torch.aminmax / var_mean: reductions over dim 0 of a row-major
+[tokens, channels] matrix are 5-30x slower in those kernels on CPU than sum(0)/amax(0)
+(measured in bench/probe_kernels.md); the probe must stay within 1.5x a plain forward pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+EXACT_MEDIAN_MAX = 2**18
+MEDIAN_SUBSAMPLE = 2**14
+_SUBSAMPLE_CACHE: dict[int, torch.Tensor] = {}
+
+
+def median_abs(x: torch.Tensor) -> float:
+    """Median of |x| over all elements (exact for small tensors, else estimated)."""
+    flat = x.reshape(-1)
+    n = flat.numel()
+    if n <= EXACT_MEDIAN_MAX:
+        return flat.abs().kthvalue((n + 1) // 2).values.item()
+    idx = _SUBSAMPLE_CACHE.get(n)
+    if idx is None:
+        g = torch.Generator().manual_seed(n)
+        idx = _SUBSAMPLE_CACHE[n] = torch.randint(0, n, (MEDIAN_SUBSAMPLE,), generator=g)
+    sample = flat[idx].abs()
+    return sample.kthvalue((MEDIAN_SUBSAMPLE + 1) // 2).values.item()
+
+
+def topk_abs(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k largest |x| of x: [N, C] -> (signed values [k], rows [k], channels [k]).
+
+    Exact and cheap: an element in the global top-k lies in one of the k channels with
+    the largest max|x| (otherwise k other channels would each hold a larger element).
+    """
+    n, c = x.shape
+    col_absmax = torch.maximum(x.amax(0), -x.amin(0))  # [C]
+    k_ch = min(k, c)
+    channels = col_absmax.topk(k_ch).indices  # [k]
+    sub = x[:, channels]  # [N, k]
+    k_el = min(k, sub.numel())
+    flat = sub.abs().reshape(-1).topk(k_el).indices
+    rows, cols = flat // k_ch, flat % k_ch
+    return sub[rows, cols], rows, channels[cols]
+
+
+@dataclass
+class MassiveRecord:
+    sample: int
+    token: int
+    channel: int
+    value: float
+    median: float  # median |a| of the batch the element was seen in
+    token_id: int | None = None
+
+
+@dataclass
+class PointStats:
+    """Finished statistics of one (layer, point). Tensors are float64, shape [C]."""
+
+    channels: int
+    count: int  # elements per channel
+    mean: torch.Tensor
+    std: torch.Tensor
+    mean_ex: torch.Tensor  # without the massive activations
+    std_ex: torch.Tensor
+    count_ex: torch.Tensor  # elements per channel without the massive activations
+    absmax: torch.Tensor
+    tensor_mean: float
+    tensor_std: float
+    tensor_mean_ex: float
+    tensor_std_ex: float
+    median_abs: float
+    top: list[tuple[float, int, int, int]]  # (value, sample, token, channel), largest |value| first
+    massive: list[MassiveRecord]
+    massive_overflow: int  # records past the cap (counted, not kept)
+    calls: int
+    shape: tuple[int, ...]  # shape of the last tensor seen, e.g. (batch, tokens, channels)
+
+
+@dataclass
+class PointAccumulator:
+    channels: int
+    top_k: int = 10
+    massive_abs: float = 100.0
+    massive_ratio: float = 1000.0
+    max_records: int = 20000
+    # running state
+    count: int = 0
+    calls: int = 0
+    shape: tuple[int, ...] = ()
+    shift: torch.Tensor | None = None  # [C] reference per channel, keeps moments well conditioned
+    s1: torch.Tensor | None = None
+    s2: torch.Tensor | None = None
+    cmax: torch.Tensor | None = None
+    cmin: torch.Tensor | None = None
+    ex_n: torch.Tensor | None = None
+    ex_s1: torch.Tensor | None = None
+    ex_s2: torch.Tensor | None = None
+    medians: list[float] = field(default_factory=list)
+    top_vals: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    top_pos: torch.Tensor = field(default_factory=lambda: torch.empty(0, 3, dtype=torch.long))
+    records: list[MassiveRecord] = field(default_factory=list)
+    overflow: int = 0
+
+    def update(self, x: torch.Tensor, seq_len: int, sample_offset: int,
+               token_ids: torch.Tensor | None = None, shape: tuple[int, ...] = ()) -> None:
+        """Fold one batch in. x: [N, C] float32 with N = batch * seq_len, token-major."""
+        n, c = x.shape
+        if self.shift is None:
+            self.shift = x[: min(n, 256)].mean(0)
+            z = torch.zeros(c, dtype=torch.float64)
+            self.s1, self.s2, self.ex_s1, self.ex_s2 = z.clone(), z.clone(), z.clone(), z.clone()
+            self.ex_n = torch.zeros(c, dtype=torch.long)
+            self.cmax = torch.full((c,), -float("inf"))
+            self.cmin = torch.full((c,), float("inf"))
+        self.calls += 1
+        self.count += n
+        self.shape = shape or tuple(x.shape)
+
+        d = x - self.shift  # [N, C]
+        self.s1 += d.sum(0).double()  # float32 per batch: sums of shifted values are well conditioned
+        self.s2 += d.square_().sum(0).double()
+        bmax, bmin = x.amax(0), x.amin(0)
+        self.cmax = torch.maximum(self.cmax, bmax)
+        self.cmin = torch.minimum(self.cmin, bmin)
+
+        med = median_abs(x)
+        self.medians.append(med)
+
+        vals, rows, chans = topk_abs(x, self.top_k)
+        pos = torch.stack([sample_offset + rows // seq_len, rows % seq_len, chans], 1)
+        all_vals = torch.cat([self.top_vals, vals])
+        all_pos = torch.cat([self.top_pos, pos])
+        keep = all_vals.abs().topk(min(self.top_k, all_vals.numel())).indices
+        self.top_vals, self.top_pos = all_vals[keep], all_pos[keep]
+
+        threshold = max(self.massive_abs, self.massive_ratio * med)
+        hot = (torch.maximum(bmax, -bmin) > threshold).nonzero().squeeze(1)  # [h] channels
+        if hot.numel():
+            sub = x[:, hot]  # [N, h]
+            r, j = (sub.abs() > threshold).nonzero(as_tuple=True)
+            v = sub[r, j]
+            ch = hot[j]
+            dv = (v - self.shift[ch]).double()
+            self.ex_n.index_add_(0, ch, torch.ones_like(ch))
+            self.ex_s1.index_add_(0, ch, dv)
+            self.ex_s2.index_add_(0, ch, dv * dv)
+            room = self.max_records - len(self.records)
+            self.overflow += max(0, v.numel() - room)
+            for rr, cc, vv in zip(r[:room].tolist(), ch[:room].tolist(), v[:room].tolist()):
+                s, t = divmod(rr, seq_len)
+                tid = None if token_ids is None else int(token_ids[s, t])
+                self.records.append(MassiveRecord(sample_offset + s, t, cc, vv, med, tid))
+
+    def finalize(self) -> PointStats:
+        if self.shift is None:
+            raise RuntimeError("no activations were recorded at this point")
+        n = float(self.count)
+        shift = self.shift.double()
+        mean, std = _moments(self.s1, self.s2, n, shift)
+        n_ex = (self.count - self.ex_n).double().clamp(min=1)
+        mean_ex, std_ex = _moments(self.s1 - self.ex_s1, self.s2 - self.ex_s2, n_ex, shift)
+        tm, ts = tensor_moments(mean, std, torch.full_like(mean, n))
+        tm_ex, ts_ex = tensor_moments(mean_ex, std_ex, n_ex)
+        order = self.top_vals.abs().argsort(descending=True)
+        top = [(float(self.top_vals[i]), *map(int, self.top_pos[i])) for i in order]
+        return PointStats(
+            channels=self.shift.numel(), count=self.count, mean=mean, std=std, mean_ex=mean_ex,
+            std_ex=std_ex, count_ex=n_ex, absmax=torch.maximum(self.cmax, -self.cmin).double(),
+            tensor_mean=tm, tensor_std=ts, tensor_mean_ex=tm_ex, tensor_std_ex=ts_ex,
+            median_abs=float(torch.tensor(self.medians).median()), top=top,
+            massive=self.records, massive_overflow=self.overflow, calls=self.calls, shape=self.shape,
+        )
+
+
+def _moments(s1: torch.Tensor, s2: torch.Tensor, n, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and population std from shifted sums."""
+    m1 = s1 / n
+    var = (s2 / n - m1 * m1).clamp(min=0)
+    return shift + m1, var.sqrt()
+
+
+def tensor_moments(mean: torch.Tensor, std: torch.Tensor, n: torch.Tensor) -> tuple[float, float]:
+    """Mean and std of all elements of a tensor from its per-channel mean/std/count: [C] -> scalars."""
+    total = n.sum()
+    mu = (n * mean).sum() / total
+    var = (n * (std * std + (mean - mu) ** 2)).sum() / total
+    return float(mu), float(var.sqrt())

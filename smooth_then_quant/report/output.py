@@ -1,0 +1,46 @@
+"""Output folders that appear whole or not at all: write into a temporary sibling, rename at the end."""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import SmoothQuantError
+
+
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Refuse an existing non-empty folder (before any work starts) unless overwrite is set."""
+    if path.exists() and not path.is_dir():
+        raise SmoothQuantError(f"output_dir {path} exists and is not a folder; choose another output_dir.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise SmoothQuantError(f"output_dir {path} already exists and is not empty; choose another output_dir "
+                               f"or set overwrite: true (--set overwrite=true) to replace it.")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder next to `path`; on success it becomes `path` in one rename.
+    On any error (or interruption) the temporary folder is removed and `path` is untouched."""
+    path = Path(path)
+    check_output_dir(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            path.rename(old / path.name)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=1, default=str) + "\n", encoding="utf-8")

@@ -1,0 +1,91 @@
+"""PNG plots of an analysis (matplotlib, Agg backend: no screen needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..detect import channel_outliers  # noqa: E402
+from ..detect.channels import channel_moments  # noqa: E402
+
+
+def plot_top_activations(analysis, path: Path) -> Path:
+    """Paper Figures 4/5: the three largest |a| at each layer's input x1 (left) and at the
+    down-projection input where TMAs are born (right), across layers."""
+    adapter = analysis.result.adapter
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, point, title in ((axes[0], "x1", "layer input x1 (residual stream)"),
+                             (axes[1], adapter.massive_point, f"down-projection input {adapter.massive_point}")):
+        tops = analysis.top_abs(point, 3)
+        layers = range(len(tops))
+        for rank, marker in zip(range(3), "o^s"):
+            ax.plot(layers, [t[rank] if len(t) > rank else 0 for t in tops], marker=marker, ms=4,
+                    label=f"top-{rank + 1} |a|")
+        kinds = {(a.layer, a.point): a.kind for a in analysis.massive}
+        for li in layers:
+            kind = kinds.get((li, point))
+            if kind:
+                ax.annotate(kind, (li, tops[li][0]), fontsize=6, ha="center", va="bottom",
+                            color="tab:red" if kind == "TMA" else "tab:gray")
+        ax.set_title(title)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("|activation|")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Massive activations: TMA = created in this layer, FMA = carried by the residual stream")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_channel_means(analysis, path: Path) -> Path:
+    """Paper Figures 7/8: channel means at x1 and x2 (massive activations excluded), outliers in red,
+    for the first layer and for the layer with the most outliers at x2."""
+    r, rule = analysis.result, analysis.config.channel
+    counts = analysis.outlier_counts()["x2"]
+    worst = max(range(len(counts)), key=lambda i: counts[i])
+    layers = [0] if worst == 0 else [0, worst]
+    fig, axes = plt.subplots(len(layers), 2, figsize=(12, 3.2 * len(layers)), squeeze=False)
+    for row, li in enumerate(layers):
+        for col, point in enumerate(("x1", "x2")):
+            st = r.at(li, point)
+            mean = channel_moments(st, rule)[0].numpy()
+            out = channel_outliers(st, rule)
+            ax = axes[row][col]
+            ax.scatter(range(len(mean)), mean, s=3, color="tab:blue")
+            ax.scatter(out, mean[out], s=18, color="tab:red", label=f"{len(out)} outlier channels")
+            ax.set_title(f"layer {li}, {point}: channel means (m={rule.m:g}, β={rule.beta:.3g})")
+            ax.set_xlabel("channel")
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_outlier_counts(analysis, path: Path) -> Path:
+    """Paper Figure 9: number of channel-wise outliers per layer at the norm inputs and outputs."""
+    counts = analysis.outlier_counts()
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for point in ("x1", "x2", "y1", "y2"):
+        ax.plot(counts[point], marker="o", ms=3, label=point)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("channel-wise outliers")
+    ax.set_title("Channel-wise outliers per layer (norm inputs x1/y1, norm outputs x2/y2)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(analysis, folder: Path) -> list[str]:
+    return [p.name for p in (plot_top_activations(analysis, folder / "top_activations.png"),
+                             plot_channel_means(analysis, folder / "channel_means.png"),
+                             plot_outlier_counts(analysis, folder / "channel_outliers.png"))]
