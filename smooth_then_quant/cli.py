@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.quiet:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
     from .recipe import load_recipe
 
     try:

@@ -10,7 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..arch import ArchAdapter, adapter_for, take_part
-from .stats import PointAccumulator, PointStats
+from .stats import PointAccumulator, PointStats, release_workspace, trim_heap
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,9 @@ def probe(model: nn.Module, input_ids: torch.Tensor, config: ProbeConfig = Probe
             ids = input_ids[s: s + config.batch_size]
             batch.sample_offset, batch.seq_len, batch.token_ids = s, seq_len, ids
             model.base_model(input_ids=ids.to(device), use_cache=False)
+            trim_heap()
 
+    release_workspace()
     missing = [(li, p) for li in range(len(layers)) for p in adapter.point_names if (li, p) not in acc]
     if missing:
         raise RuntimeError(f"hooks never fired at {missing[:5]}... (adapter {adapter.family} does not "

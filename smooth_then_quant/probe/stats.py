@@ -16,6 +16,9 @@ Why hand-written and not torch.aminmax / var_mean: reductions over dim 0 of a ro
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -54,6 +57,38 @@ def topk_abs(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch
     flat = sub.abs().reshape(-1).topk(k_el).indices
     rows, cols = flat // k_ch, flat % k_ch
     return sub[rows, cols], rows, channels[cols]
+
+
+_WORKSPACE: dict[tuple[int, ...], torch.Tensor] = {}
+
+
+def _workspace(shape: torch.Size) -> torch.Tensor:
+    """One scratch buffer per activation shape. Allocating and freeing an activation-sized
+    temporary at each of the hundreds of hooks per batch made glibc keep the freed blocks
+    resident (RSS +2-3 GiB over a SmolLM2 pass with no live reference); reusing a buffer does not."""
+    key = tuple(shape)
+    buf = _WORKSPACE.get(key)
+    if buf is None:
+        buf = _WORKSPACE[key] = torch.empty(key)
+    return buf
+
+
+def release_workspace() -> None:
+    _WORKSPACE.clear()
+
+
+def trim_heap() -> None:
+    """Hand memory freed during a batch back to the OS (glibc malloc_trim; no-op elsewhere),
+    so the probe's resident memory does not ratchet up batch after batch."""
+    try:
+        _libc().malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 @dataclass
@@ -120,7 +155,7 @@ class PointAccumulator:
         """Fold one batch in. x: [N, C] float32 with N = batch * seq_len, token-major."""
         n, c = x.shape
         if self.shift is None:
-            self.shift = x[: min(n, 256)].mean(0)
+            self.shift = x[: min(n, 256)].median(0).values  # robust to a massive activation in the first rows
             z = torch.zeros(c, dtype=torch.float64)
             self.s1, self.s2, self.ex_s1, self.ex_s2 = z.clone(), z.clone(), z.clone(), z.clone()
             self.ex_n = torch.zeros(c, dtype=torch.long)
@@ -130,9 +165,6 @@ class PointAccumulator:
         self.count += n
         self.shape = shape or tuple(x.shape)
 
-        d = x - self.shift  # [N, C]
-        self.s1 += d.sum(0).double()  # float32 per batch: sums of shifted values are well conditioned
-        self.s2 += d.square_().sum(0).double()
         bmax, bmin = x.amax(0), x.amin(0)
         self.cmax = torch.maximum(self.cmax, bmax)
         self.cmin = torch.minimum(self.cmin, bmin)
@@ -147,23 +179,35 @@ class PointAccumulator:
         keep = all_vals.abs().topk(min(self.top_k, all_vals.numel())).indices
         self.top_vals, self.top_pos = all_vals[keep], all_pos[keep]
 
+        # Moments: float32 sums of shifted values per batch, except in channels holding massive
+        # activations, where float32 would lose the small values next to a huge one (float64 there).
         threshold = max(self.massive_abs, self.massive_ratio * med)
         hot = (torch.maximum(bmax, -bmin) > threshold).nonzero().squeeze(1)  # [h] channels
+        d = torch.sub(x, self.shift, out=_workspace(x.shape))  # [N, C], reused: no allocator churn
+        b1 = d.sum(0).double()
+        b2 = d.square_().sum(0).double()
         if hot.numel():
             sub = x[:, hot]  # [N, h]
-            r, j = (sub.abs() > threshold).nonzero(as_tuple=True)
-            v = sub[r, j]
-            ch = hot[j]
-            dv = (v - self.shift[ch]).double()
-            self.ex_n.index_add_(0, ch, torch.ones_like(ch))
-            self.ex_s1.index_add_(0, ch, dv)
-            self.ex_s2.index_add_(0, ch, dv * dv)
-            room = self.max_records - len(self.records)
-            self.overflow += max(0, v.numel() - room)
-            for rr, cc, vv in zip(r[:room].tolist(), ch[:room].tolist(), v[:room].tolist()):
-                s, t = divmod(rr, seq_len)
-                tid = None if token_ids is None else int(token_ids[s, t])
-                self.records.append(MassiveRecord(sample_offset + s, t, cc, vv, med, tid))
+            dh = (sub - self.shift[hot]).double()
+            b1[hot], b2[hot] = dh.sum(0), (dh * dh).sum(0)
+            self._record_massive(sub, hot, threshold, med, seq_len, sample_offset, token_ids)
+        self.s1 += b1
+        self.s2 += b2
+
+    def _record_massive(self, sub, hot, threshold, med, seq_len, sample_offset, token_ids) -> None:
+        r, j = (sub.abs() > threshold).nonzero(as_tuple=True)
+        v = sub[r, j]
+        ch = hot[j]
+        dv = (v - self.shift[ch]).double()
+        self.ex_n.index_add_(0, ch, torch.ones_like(ch))
+        self.ex_s1.index_add_(0, ch, dv)
+        self.ex_s2.index_add_(0, ch, dv * dv)
+        room = self.max_records - len(self.records)
+        self.overflow += max(0, v.numel() - room)
+        for rr, cc, vv in zip(r[:room].tolist(), ch[:room].tolist(), v[:room].tolist()):
+            s, t = divmod(rr, seq_len)
+            tid = None if token_ids is None else int(token_ids[s, t])
+            self.records.append(MassiveRecord(sample_offset + s, t, cc, vv, med, tid))
 
     def finalize(self) -> PointStats:
         if self.shift is None:

@@ -24,12 +24,12 @@ def plot_top_activations(analysis, path: Path) -> Path:
         for rank, marker in zip(range(3), "o^s"):
             ax.plot(layers, [t[rank] if len(t) > rank else 0 for t in tops], marker=marker, ms=4,
                     label=f"top-{rank + 1} |a|")
-        kinds = {(a.layer, a.point): a.kind for a in analysis.massive}
-        for li in layers:
-            kind = kinds.get((li, point))
-            if kind:
-                ax.annotate(kind, (li, tops[li][0]), fontsize=6, ha="center", va="bottom",
-                            color="tab:red" if kind == "TMA" else "tab:gray")
+        for kind, color in (("TMA", "tab:red"), ("FMA", "tab:gray")):
+            hit = sorted({a.layer for a in analysis.massive if a.point == point and a.kind == kind})
+            if hit:
+                ax.scatter(hit, [tops[li][0] for li in hit], s=80, facecolors="none", edgecolors=color, lw=1.5,
+                           label=f"{kind} at this layer", zorder=3)
+        ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("layer")
         ax.set_ylabel("|activation|")

@@ -1,0 +1,94 @@
+"""Benchmark: the analysis pass against plain forward passes over the same batches, same run.
+
+    .venv/bin/python bench/analysis_pass.py            # SmolLM2 (embedded), offline corpus, 32 x 512
+    .venv/bin/python bench/analysis_pass.py --samples 8 --seq-len 256
+
+Times the probe + detectors (what `smooth-quant recipes/analyze.yaml` runs after loading) and the
+model's decoder body (model.base_model, no LM head: the probe runs the same body) on identical
+batches, alternating plain / analysis / plain so drift on a shared machine hits both. Peak RSS is
+the whole process's high-water mark (ru_maxrss), model loading included. Writes a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from smooth_then_quant import AnalysisConfig, ProbeConfig, analyze, calibration_windows, load_model
+
+
+def plain_pass(model, ids, batch_size):
+    with torch.inference_mode():
+        for s in range(0, ids.shape[0], batch_size):
+            model.base_model(input_ids=ids[s: s + batch_size], use_cache=False)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "analysis_pass.md"))
+    args = ap.parse_args()
+
+    loaded = load_model(args.model)
+    model = loaded.model
+    ids, _ = calibration_windows(loaded.tokenizer, "offline", args.samples, args.seq_len, seed=0)
+    model_bytes = sum(p.numel() * 4 for p in model.parameters())
+    rss_loaded = psutil.Process().memory_info().rss
+    plain_pass(model, ids[: args.batch_size], args.batch_size)  # warm-up
+
+    times = {"plain": [], "analysis": []}
+    config = AnalysisConfig(probe=ProbeConfig(batch_size=args.batch_size, progress=False))
+    for step in ("plain", "analysis", "plain", "analysis", "plain"):
+        t = time.perf_counter()
+        if step == "plain":
+            plain_pass(model, ids, args.batch_size)
+        else:
+            analysis = analyze(model, ids, config)
+        times[step].append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    plain = sum(times["plain"]) / len(times["plain"])
+    ana = sum(times["analysis"]) / len(times["analysis"])
+    n_ma = len(analysis.massive)
+    rows = [
+        ("plain forward (decoder body), mean of 3", f"{plain:.1f} s", ""),
+        ("analysis pass (probe + detectors), mean of 2", f"{ana:.1f} s", ""),
+        ("**analysis / plain**", f"**{ana / plain:.2f}**", "target ≤ 1.5"),
+        ("float32 model size", f"{model_bytes / 2**30:.2f} GiB", ""),
+        ("RSS after loading", f"{rss_loaded / 2**30:.2f} GiB", ""),
+        ("**peak RSS (whole process)**", f"**{peak / 2**30:.2f} GiB = {peak / model_bytes:.2f}× model**", "target ≤ 2×"),
+        ("massive activations found", str(n_ma), ""),
+    ]
+    text = "\n".join([
+        "# Analysis pass: cost against a plain forward pass",
+        "",
+        f"Command: `.venv/bin/python bench/analysis_pass.py --samples {args.samples} --seq-len {args.seq_len}`",
+        "",
+        f"Model `{args.model}` ({loaded.provenance.get('file', args.model)}), offline corpus, {args.samples} × "
+        f"{args.seq_len} tokens, batch {args.batch_size}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}, Python {sys.version.split()[0]}.",
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
+        *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+        "",
+        f"Individual runs (s): plain {', '.join(f'{t:.1f}' for t in times['plain'])}; "
+        f"analysis {', '.join(f'{t:.1f}' for t in times['analysis'])}.",
+        "",
+    ])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+import subprocess
+import sys
+
+import pytest
+
+from smooth_then_quant.cli import main
+
+
+@pytest.mark.parametrize("text,overrides,needle", [
+    ("output_dir: o\nbogus: 1\n", [], "unknown key 'bogus'"),
+    ("output_dir: o\ncalibration: {samples: zero}\n", [], "calibration.samples"),
+    ("output_dir: o\nmodel: /nonexistent/model.gguf\n", [], "model file not found"),
+    ("output_dir: o\nmodel: ./no/such/folder\n", [], "model not found"),
+    ("output_dir: o\n", ["calibration.seq_len=1"], "calibration.seq_len"),
+])
+def test_user_errors_exit_2_with_one_paragraph(tmp_path, capsys, text, overrides, needle):
+    p = tmp_path / "r.yaml"
+    p.write_text(text.replace("output_dir: o", f"output_dir: {tmp_path / 'out'}"))
+    args = [str(p)] + [a for o in overrides for a in ("--set", o)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_dir_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    p = tmp_path / "r.yaml"
+    p.write_text(f"output_dir: {out}\n")
+    assert main([str(p)]) == 2
+    assert "overwrite: true" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "x"
+
+
+def test_python_dash_m_works_like_the_console_script(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("output_dir: o\nnope: 1\n")
+    proc = subprocess.run([sys.executable, "-m", "smooth_then_quant", str(p)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown key 'nope'" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import pytest
+
+from smooth_then_quant.errors import SmoothQuantError
+from smooth_then_quant.recipe import Recipe, load_recipe
+
+RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path):
+    assert isinstance(load_recipe(path), Recipe)
+
+
+def write(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_set_overrides_dotted_keys_with_yaml_types(tmp_path):
+    r = load_recipe(write(tmp_path, "output_dir: out\n"), ["calibration.samples=8", "calibration.data=offline",
+                                                             "load.trust_remote_code=true", "model=foo/bar"])
+    assert r.calibration.samples == 8 and r.load.trust_remote_code is True and r.model == "foo/bar"
+    assert r.load.trust_remote_code is True
+    assert load_recipe(write(tmp_path, "output_dir: out\n")).load.trust_remote_code is False  # safe default
+
+
+def test_unknown_key_names_path_and_allowed_keys(tmp_path):
+    with pytest.raises(SmoothQuantError) as e:
+        load_recipe(write(tmp_path, "output_dir: o\ncalibration:\n  samplse: 3\n"))
+    msg = str(e.value)
+    assert "calibration.samplse" in msg and "did you mean 'calibration.samples'" in msg and "seq_len" in msg
+
+
+def test_bad_value_and_missing_key(tmp_path):
+    with pytest.raises(SmoothQuantError, match="calibration.seq_len"):
+        load_recipe(write(tmp_path, "output_dir: o\ncalibration: {seq_len: -1}\n"))
+    with pytest.raises(SmoothQuantError, match="missing required key 'output_dir'"):
+        load_recipe(write(tmp_path, "model: default\n"))
+    with pytest.raises(SmoothQuantError, match="load.dtype"):
+        load_recipe(write(tmp_path, "output_dir: o\n"), ["load.dtype=int3"])
+
+
+def test_bad_files_and_overrides(tmp_path):
+    with pytest.raises(SmoothQuantError, match="not found"):
+        load_recipe(tmp_path / "missing.yaml")
+    with pytest.raises(SmoothQuantError, match="not valid YAML"):
+        load_recipe(write(tmp_path, "model: [unclosed\n"))
+    with pytest.raises(SmoothQuantError, match="mapping"):
+        load_recipe(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(SmoothQuantError, match="KEY=VALUE"):
+        load_recipe(write(tmp_path, "output_dir: o\n"), ["calibration.samples"])
+    with pytest.raises(SmoothQuantError, match="is a value, not a section"):
+        load_recipe(write(tmp_path, "output_dir: o\nmodel: default\n"), ["model.name=x"])
