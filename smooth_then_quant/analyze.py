@@ -48,7 +48,7 @@ class Analysis:
             "points": list(r.adapter.point_names),
             "rules": {"massive": asdict(self.config.massive), "channel": asdict(self.config.channel)},
             "massive_activations": summarize_massive(self.massive),
-            "massive_families": massive_families(self.massive, r.adapter),
+            "massive_families": massive_families(self.massive),
             "channel_outliers": {p: {str(li): ch for li, ch in by_layer.items()}
                                  for p, by_layer in self.channel_outliers.items()},
             "channel_outlier_counts": self.outlier_counts(),

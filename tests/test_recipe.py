@@ -23,7 +23,6 @@ def test_set_overrides_dotted_keys_with_yaml_types(tmp_path):
     r = load_recipe(write(tmp_path, "output_dir: out\n"), ["calibration.samples=8", "calibration.data=offline",
                                                              "load.trust_remote_code=true", "model=foo/bar"])
     assert r.calibration.samples == 8 and r.load.trust_remote_code is True and r.model == "foo/bar"
-    assert r.load.trust_remote_code is True
     assert load_recipe(write(tmp_path, "output_dir: out\n")).load.trust_remote_code is False  # safe default
 
 

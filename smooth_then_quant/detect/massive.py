@@ -90,7 +90,7 @@ def summarize_massive(mas: list[MassiveActivation]) -> list[dict]:
     return out
 
 
-def massive_families(mas: list[MassiveActivation], adapter) -> list[dict]:
+def massive_families(mas: list[MassiveActivation]) -> list[dict]:
     """Group MAs by where they were created and at which token: one family per (origin, token).
 
     For each family: the channels at its origin, the residual-stream channels that carry it
