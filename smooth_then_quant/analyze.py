@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .arch import adapter_for
-from .detect import (ChannelRule, MassiveActivation, MassiveRule, channel_outliers, find_massive, gamma_outliers,
+from .detect import (ChannelRule, MassiveActivation, MassiveRule, cancellations, channel_outliers, find_massive, gamma_outliers,
                      massive_families, outlier_triggering_channels, summarize_massive)
 from .probe import ProbeConfig, ProbeResult, probe
 
@@ -36,6 +36,19 @@ class Analysis:
         """Per layer, the k largest |a| at a point (the paper's Figures 4/5 use x1)."""
         return [[abs(v) for v, *_ in self.result.at(li, point).top[:k]] for li in range(self.result.num_layers)]
 
+    def cancellations(self) -> list[dict]:
+        """TMAs that late layers write against the FMA the residual stream carries (paper §3)."""
+        a = self.result.adapter
+        return cancellations(self.massive, a.mlp_norm.input_point, a.mlp_out_point)
+
+    def massive_counts(self) -> dict[str, list[int]]:
+        """Per point, per layer: how many massive-activation elements (over all samples)."""
+        r = self.result
+        counts = {p: [0] * r.num_layers for p in r.adapter.point_names}
+        for m in self.massive:
+            counts[m.point][m.layer] += 1
+        return counts
+
     def outlier_counts(self) -> dict[str, list[int]]:
         return {p: [len(self.channel_outliers[p].get(li, [])) for li in range(self.result.num_layers)]
                 for p in self.channel_outliers}
@@ -49,6 +62,8 @@ class Analysis:
             "rules": {"massive": asdict(self.config.massive), "channel": asdict(self.config.channel)},
             "massive_activations": summarize_massive(self.massive),
             "massive_families": massive_families(self.massive),
+            "cancellations": self.cancellations(),
+            "massive_counts": self.massive_counts(),
             "channel_outliers": {p: {str(li): ch for li, ch in by_layer.items()}
                                  for p, by_layer in self.channel_outliers.items()},
             "channel_outlier_counts": self.outlier_counts(),

@@ -1,6 +1,7 @@
-"""What `smooth-quant RECIPE.yaml` runs: load -> probe -> detect -> report."""
+"""What `smooth-quant RECIPE.yaml` runs: load -> probe -> detect -> smooth -> evaluate -> export."""
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from pathlib import Path
@@ -8,14 +9,22 @@ from pathlib import Path
 from . import __version__
 from .analyze import AnalysisConfig, analyze
 from .detect import ChannelRule, MassiveRule
+from .evaluate import EvalConfig, PerplexityCache
+from .evaluate.evidence import ppl_change, removed_share, state_evidence
+from .export import save_smoothed
 from .load import calibration_windows, load_model
 from .probe import ProbeConfig
+from .quantize import ActQuant, WeightQuant
 from .recipe import Recipe
 from .report import atomic_output_dir, check_output_dir, render_analysis, write_json, write_plots
+from .report.smoothing import plot_smoothing, render_smoothing
+from .smooth import (FlattenGammaConfig, FlattenOTCConfig, MigrateConfig, RemoveMassiveConfig, RepairConfig,
+                     SearchTarget, SmoothingConfig, clone_model, plan_smoothing, repair_, smooth_)
 
 log = logging.getLogger(__name__)
 
 
+# ---- recipe (strings) -> typed configs -----------------------------------------------------
 def analysis_config(recipe: Recipe, progress: bool = True) -> AnalysisConfig:
     a = recipe.analysis
     return AnalysisConfig(
@@ -23,6 +32,72 @@ def analysis_config(recipe: Recipe, progress: bool = True) -> AnalysisConfig:
         channel=ChannelRule(a.channel.m, a.channel.beta, a.channel.exclude_massive),
         probe=ProbeConfig(batch_size=recipe.calibration.batch_size, top_k=a.top_k, progress=progress),
     )
+
+
+def smoothing_config(recipe: Recipe, progress: bool = True) -> SmoothingConfig:
+    s = recipe.smoothing
+    rm, mg, t = s.remove_massive, s.migrate, s.migrate.target
+    return SmoothingConfig(
+        remove_massive=RemoveMassiveConfig(
+            rm.enabled, rm.replace_with, {"down_input": "massive_point", "down_output": "mlp_out_point"}[rm.at],
+            rm.channels, None if rm.layers is None else tuple(rm.layers)),
+        flatten_gamma=FlattenGammaConfig(s.flatten_gamma.enabled, s.flatten_gamma.replace_with),
+        flatten_otc=FlattenOTCConfig(s.flatten_otc.enabled),
+        migrate=MigrateConfig(
+            norm=mg.norm, down=mg.down, alpha=None if mg.alpha == "search" else float(mg.alpha),
+            target=SearchTarget(WeightQuant(t.weight_bits, t.group_size), ActQuant(t.act_bits, t.act_granularity)),
+            search_samples=mg.search_samples),
+        batch_size=recipe.calibration.batch_size, progress=progress)
+
+
+def repair_config(recipe: Recipe, progress: bool = True) -> RepairConfig:
+    r = recipe.smoothing.repair
+    return RepairConfig(roles=tuple(r.roles), layers=r.layers, rank=r.rank, steps=r.steps, lr=r.lr,
+                        batch_size=r.batch_size, seq_len=r.seq_len, penalty=r.penalty, heldout=r.heldout,
+                        progress=progress)
+
+
+def eval_config(recipe: Recipe, progress: bool = True) -> EvalConfig:
+    e = recipe.evaluation
+    return EvalConfig(e.seq_len, e.max_windows, e.batch_size, progress)
+
+
+# ---- stages ------------------------------------------------------------------------------------
+def run_smoothing(recipe: Recipe, loaded, cal_ids, analysis, progress: bool = True) -> dict:
+    """Plan, apply (and repair) on a copy of the model; evidence for each intervention and combined."""
+    model, tok = loaded.model, loaded.tokenizer
+    t0 = time.perf_counter()
+    plan = plan_smoothing(model, analysis, smoothing_config(recipe, progress), cal_ids)
+    t_plan = time.perf_counter() - t0
+    smoothed = smooth_(clone_model(model), plan)
+    timing = {"plan_seconds": round(t_plan, 1)}
+    if recipe.smoothing.repair.enabled:
+        t1 = time.perf_counter()
+        repair_(smoothed, model, cal_ids, plan, repair_config(recipe, progress))
+        timing["repair_seconds"] = round(time.perf_counter() - t1, 1)
+    ev = recipe.evaluation
+    ecfg, acfg = eval_config(recipe, progress), analysis_config(recipe, progress)
+    cache = PerplexityCache()
+    ids = cal_ids[: ev.evidence_samples]
+    states = [state_evidence("baseline", model, tok, ids, ev.datasets, ecfg, cache, acfg)]
+    kinds = [k for k in plan.kinds() if k != "repair"]
+    if ev.per_intervention and len(plan.kinds()) > 1:
+        for kind in kinds:
+            twin = smooth_(clone_model(model), plan.subset({kind}))
+            states.append(state_evidence(kind, twin, tok, ids, ev.datasets, ecfg, cache, acfg))
+            del twin
+            gc.collect()
+        if "repair" in plan.kinds():
+            twin = smooth_(clone_model(model), plan.subset(set(kinds)))
+            states.append(state_evidence("combined without repair", twin, tok, ids, ev.datasets, ecfg, cache, acfg))
+            del twin
+    states.append(state_evidence("combined", smoothed, tok, ids, ev.datasets, ecfg, cache, acfg))
+    base = states[0]
+    for s in states[1:]:
+        s["ppl_change"] = ppl_change(base, s)
+        s["removed"] = removed_share(base, s)
+    return {"plan": plan, "model": smoothed, "states": states, "timing": timing,
+            "evaluation": {d: cache.windows(tok, d, ecfg)[1] for d in ev.datasets}}
 
 
 def run(recipe: Recipe, progress: bool = True) -> Path:
@@ -46,12 +121,26 @@ def run(recipe: Recipe, progress: bool = True) -> Path:
         "timing": {"load_seconds": round(t_load, 2), "probe_seconds": round(t_probe, 2)},
         "analysis": analysis.to_dict(),
     }
+    smoothing = run_smoothing(recipe, loaded, input_ids, analysis, progress) if recipe.smoothing.enabled else None
+    if smoothing:
+        report["smoothing"] = {"plan": smoothing["plan"].to_dict(), "states": smoothing["states"],
+                               "evaluation": smoothing["evaluation"]}
+        report["timing"].update(smoothing["timing"])
     with atomic_output_dir(out, recipe.overwrite) as tmp:
         report["plots"] = write_plots(analysis, tmp) if recipe.analysis.plots else []
         report["massive_activations"] = report["analysis"]["massive_activations"]
         for key in ("channel_outliers", "gamma_outliers", "otc"):
             report[key] = report["analysis"][key]
+        md = render_analysis(report)
+        if smoothing:
+            if recipe.analysis.plots:
+                report["plots"].append(plot_smoothing(smoothing["states"], tmp / "smoothing_effect.png").name)
+            smoothing["plan"].save(tmp / "smoothing_plan.json")
+            if recipe.export.model:
+                save_smoothed(smoothing["model"], loaded.tokenizer, smoothing["plan"], tmp / "model")
+                report["export"] = {"model": "model/"}
+            md += "\n" + render_smoothing(report)
         write_json(tmp / "report.json", report)
-        (tmp / "report.md").write_text(render_analysis(report), encoding="utf-8")
-    log.info("analysis written to %s", out)
+        (tmp / "report.md").write_text(md, encoding="utf-8")
+    log.info("outputs written to %s", out)
     return out

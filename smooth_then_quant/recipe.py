@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -51,11 +51,87 @@ class AnalysisSection(Section):
     plots: bool = True
 
 
+class RemoveMassiveSection(Section):
+    """Paper §3.3: replace TMAs by the tensor mean / zero at run time (lossy on some models)."""
+    enabled: bool = False
+    replace_with: Literal["mean", "zero"] = "mean"
+    at: Literal["down_input", "down_output"] = "down_input"  # y6 (paper) | y7 (the paper's contrast)
+    channels: Literal["detected", "all"] = "detected"
+    layers: list[Annotated[int, Field(ge=0)]] | None = None  # null: every layer with TMAs
+
+
+class FlattenGammaSection(Section):
+    """Paper §4.2/4.4: γ outlier entries set to the γ mean / zero (lossy)."""
+    enabled: bool = False
+    replace_with: Literal["mean", "zero"] = "mean"
+
+
+class FlattenOTCSection(Section):
+    """Paper §4.3: OTC rows of W_q/W_k/W_v set to their mean (lossy; pair it with repair)."""
+    enabled: bool = False
+
+
+class TargetSection(Section):
+    """The quantization the α search scores migrations against."""
+    weight_bits: int = Field(4, ge=2, le=8)
+    group_size: int = Field(64, ge=-1)
+    act_bits: int = Field(8, ge=2, le=16)
+    act_granularity: Literal["per_token", "per_tensor"] = "per_tensor"
+
+
+class MigrateSection(Section):
+    """Exact, function-preserving migrations (weight-folded)."""
+    norm: Literal["smoothquant", "gamma", "none"] = "smoothquant"  # x2 / y2 (see README)
+    down: bool = True  # y6: W_up rows / W_down columns
+    alpha: Literal["search"] | Annotated[float, Field(ge=0, le=1)] = "search"
+    target: TargetSection = TargetSection()
+    search_samples: int = Field(4, ge=1)
+
+
+class RepairSection(Section):
+    """LoRA (peft) distillation against the unmodified model, merged into the weights."""
+    enabled: bool = False
+    roles: list[Literal["qkv", "o", "mlp_in", "mlp_out"]] = ["qkv"]
+    layers: Literal["affected", "all"] = "affected"
+    rank: int = Field(8, ge=1)
+    steps: int = Field(60, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(2, ge=1)
+    seq_len: int = Field(256, ge=2)
+    penalty: float = Field(1.0, ge=0)
+    heldout: int = Field(4, ge=1)
+
+
+class SmoothingSection(Section):
+    enabled: bool = True
+    remove_massive: RemoveMassiveSection = RemoveMassiveSection()
+    flatten_gamma: FlattenGammaSection = FlattenGammaSection()
+    flatten_otc: FlattenOTCSection = FlattenOTCSection()
+    migrate: MigrateSection = MigrateSection()
+    repair: RepairSection = RepairSection()
+
+
+class EvaluationSection(Section):
+    datasets: list[str] = ["offline"]  # offline | wikitext2 | c4 | path to .txt/.jsonl
+    seq_len: int = Field(2048, ge=2)
+    max_windows: int | None = Field(None, ge=1)
+    batch_size: int = Field(1, ge=1)
+    per_intervention: bool = True  # evidence for each intervention alone, not only combined
+    evidence_samples: int = Field(8, ge=1)  # calibration windows probed before/after
+
+
+class ExportSection(Section):
+    model: bool = True  # write the smoothed checkpoint to output_dir/model
+
+
 class Recipe(Section):
     model: str = "default"  # default | hub id | local folder | file.gguf
     load: LoadSection = LoadSection()
     calibration: CalibrationSection = CalibrationSection()
     analysis: AnalysisSection = AnalysisSection()
+    smoothing: SmoothingSection = SmoothingSection(enabled=False)
+    evaluation: EvaluationSection = EvaluationSection()
+    export: ExportSection = ExportSection()
     output_dir: str
     overwrite: bool = False
 
@@ -104,7 +180,19 @@ def validate_recipe(raw: dict, source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
-        raise SmoothQuantError(f"{source}: " + "; ".join(_explain(err) for err in e.errors())) from None
+        merged: dict[tuple, dict] = {}  # a union (e.g. alpha: search | number) reports one error per member
+        for err in e.errors():
+            loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+            if loc in merged:
+                merged[loc]["msg"] += " or " + err["msg"].removeprefix("Input should be ")
+            else:
+                merged[loc] = {**err, "loc": loc}
+        raise SmoothQuantError(f"{source}: " + "; ".join(_explain(err) for err in merged.values())) from None
+
+
+def _is_union_tag(part) -> bool:
+    return isinstance(part, str) and (part.startswith(("literal[", "constrained-", "function-")) or
+                                      part in ("int", "float", "str", "bool", "list[...]", "none"))
 
 
 def _explain(err: dict) -> str:

@@ -16,8 +16,8 @@ TRIGGER = 7  # token id whose embedding triggers the planted massive activation
 FAMILIES = ("llama", "qwen2", "gpt2", "gemma3_text")
 
 
-def tiny_config(family: str, layers: int = LAYERS):
-    common = dict(vocab_size=VOCAB, initializer_range=0.002)
+def tiny_config(family: str, layers: int = LAYERS, init: float = 0.002):
+    common = dict(vocab_size=VOCAB, initializer_range=init)
     gated = dict(hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=layers, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=256, **common)
     if family == "llama":
@@ -34,9 +34,11 @@ def tiny_config(family: str, layers: int = LAYERS):
     raise ValueError(family)
 
 
-def tiny_model(family: str, layers: int = LAYERS, seed: int = 0):
+def tiny_model(family: str, layers: int = LAYERS, seed: int = 0, init: float = 0.002):
+    """init: the initializer range; 0.002 keeps the stream near the embeddings (for planting),
+    larger values give a model whose predictions depend on its weights (for repair, evaluation)."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, layers), attn_implementation="eager").eval()
+    model = AutoModelForCausalLM.from_config(tiny_config(family, layers, init), attn_implementation="eager").eval()
     if family == "gpt2":
         with torch.no_grad():
             model.transformer.wpe.weight.zero_()  # token embeddings alone set the residual stream
@@ -72,7 +74,7 @@ def structured_embeddings_(model, const_channel: int | None = None, value: float
 
 @torch.no_grad()
 def plant_massive_(model, layer: int, mlp_channel: int, hidden_channel: int, reserved: int, weight: float,
-                   const_channel: int, const_value: float = 1.5) -> None:
+                   const_channel: int, const_value: float = 1.5, trigger: int = TRIGGER) -> None:
     """Make layer `layer`'s MLP create a massive activation at the down-projection input
     (channel `mlp_channel`) for the TRIGGER token only, written by W_down into residual
     channel `hidden_channel`.
@@ -87,8 +89,8 @@ def plant_massive_(model, layer: int, mlp_channel: int, hidden_channel: int, res
     e = embeddings(model)
     d = e.shape[1]
     e[:, reserved] = 0.0
-    e[TRIGGER] = 0.0
-    e[TRIGGER, reserved] = d**0.5  # rms 1
+    e[trigger] = 0.0
+    e[trigger, reserved] = d**0.5  # rms 1
     blk = adapter.decoder_layers(model)[layer]
     for i, proj in enumerate(adapter.mlp_in):  # row mlp_channel of gate and up (or c_fc) reads `reserved`
         w = adapter.weight(blk, proj)
@@ -139,3 +141,29 @@ def quiet_post_norms_(model, scale: float = 1e-3) -> None:
     for blk in adapter.decoder_layers(model):
         for norm in adapter.post_norms:
             blk.get_submodule(norm).weight.fill_(scale - 1.0)  # Gemma's effective factor is 1 + γ
+
+
+def char_tokenizer():
+    """A character-level tokenizer over the tiny vocabulary (ids 0..VOCAB-1), built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, **{chr(i): i for i in range(1, VOCAB)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+def save_tiny(folder, family: str = "llama", plant: bool = True, init: float = 0.002):
+    """A tiny model with a planted massive activation, saved with a char tokenizer: a valid
+    `model:` folder for recipes."""
+    model = tiny_model(family, init=init)
+    if plant:
+        structured_embeddings_(model, const_channel=3)
+        quiet_post_norms_(model)
+        plant_massive_(model, 1, mlp_channel=5, hidden_channel=11, reserved=2,
+                       weight=300.0 if family == "gpt2" else 40.0, const_channel=3,
+                       trigger=ord("\n"))  # fires at every newline of real text
+    model.save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return model

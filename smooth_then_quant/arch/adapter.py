@@ -110,6 +110,10 @@ class ArchAdapter:
     mlp_out: Proj  # the down projection (reads the massive-activation point)
     massive_point: str  # input of the down projection: y6 (gated) or y4 (plain)
     mlp_out_point: str  # output of the down projection: y7 or y5
+    # The MLP input projection whose output row c multiplies y6 channel c linearly
+    # (up_proj: y6 = act(gate)·up). None for a plain MLP, where y4 = act(fc) is not linear in
+    # W_fc, so no exact y6 migration exists (GPT-2).
+    mlp_linear_in: Proj | None = None
     post_norms: tuple[str, ...] = ()  # norms applied to a branch output before the residual add
     notes: str = ""
     flow: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -136,6 +140,29 @@ class ArchAdapter:
 
     def norm_sites(self) -> tuple[NormSite, ...]:
         return (self.attn_norm, self.mlp_norm)
+
+    @property
+    def linear_inputs(self) -> tuple[str, ...]:
+        """The points that are inputs of projections: what activation quantization sees."""
+        return (self.attn_norm.output_point, "x8", self.mlp_norm.output_point, self.massive_point)
+
+    def projections(self) -> dict[str, Proj]:
+        """Output point -> the projection computing it (x3..x5, y3/y4 or y3, and the down projection)."""
+        out = dict(self.qkv)
+        for proj in (*self.mlp_in, self.mlp_out):
+            for point, tap in self.points.items():
+                if (tap.module, tap.side, tap.part) == (proj.module, "output", proj.part):
+                    out[point] = proj
+        return out
+
+    def modules(self, role: str) -> tuple[str, ...]:
+        """Module paths inside a layer for a role: qkv | o | mlp_in | mlp_out (for PEFT targets)."""
+        projs = {"qkv": tuple(self.qkv.values()), "mlp_in": self.mlp_in, "mlp_out": (self.mlp_out,)}
+        if role == "o":
+            return (self.points["x9"].module,)
+        if role not in projs:
+            raise ValueError(f"unknown role '{role}'; use qkv, o, mlp_in or mlp_out")
+        return tuple(dict.fromkeys(p.module for p in projs[role]))
 
     # ---- module access -------------------------------------------------------------
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:

@@ -38,6 +38,7 @@ def _gated(family: str, model_types: tuple[str, ...], mlp_norm: str, **extra) ->
         qkv=_QKV,
         mlp_in=_GATE_UP,
         mlp_out=Proj("mlp.down_proj"),
+        mlp_linear_in=Proj("mlp.up_proj"),
         massive_point="y6",
         mlp_out_point="y7",
         flow={**ATTENTION_FLOW, **GATED_MLP_FLOW},
@@ -54,7 +55,9 @@ GEMMA3_TEXT = _gated(
     gamma_offset=1.0, mlp_gamma_offset=1.0,
     post_norms=("post_attention_layernorm", "post_feedforward_layernorm"),
     notes="Four RMSNorms per layer computing x·(1+γ); x9 and y7 are taken before the post-norms "
-          "that scale each branch before the residual add; GELU(tanh)-gated MLP; q/k RMSNorm after x3/x4.",
+          "that scale each branch before the residual add; GELU(tanh)-gated MLP; q/k RMSNorm after x3/x4. "
+          "The MLP post-norm renormalizes y7, so a large γ there re-creates a stream MA that removal at y6 "
+          "cannot reach (the exact y6 migration is unaffected).",
 )
 
 _GPT2_QKV = {f"x{3 + i}": Proj("attn.c_attn", part=(i, 3), transposed=True) for i in range(3)}

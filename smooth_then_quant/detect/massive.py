@@ -116,3 +116,28 @@ def massive_families(mas: list[MassiveActivation]) -> list[dict]:
             "token_id": at_origin[0].token_id if at_origin else None,
         })
     return out
+
+
+def cancellations(mas: list[MassiveActivation], residual_in: str, branch_out: str) -> list[dict]:
+    """TMAs written into the residual stream against the FMA it carries (the paper's late layers).
+
+    residual_in: the residual point a branch output is added to (y1 for the MLP), branch_out: the
+    branch output point (y7 / y5). A TMA at branch_out of layer L, channel c, cancels when the
+    stream at residual_in of layer L holds an FMA of opposite sign at the same (sample, token, c)
+    and the sum is smaller than the FMA. One entry per (layer, token, channel).
+    """
+    carried = {(a.layer, a.sample, a.token, a.channel): a for a in mas if a.point == residual_in and a.kind == "FMA"}
+    out: dict[tuple, dict] = {}
+    for a in mas:
+        if a.point != branch_out or a.kind != "TMA":
+            continue
+        f = carried.get((a.layer, a.sample, a.token, a.channel))
+        if f is None or f.value * a.value >= 0 or abs(f.value + a.value) >= abs(f.value):
+            continue
+        key = (a.layer, a.token, a.channel)
+        if key not in out or abs(a.value) > abs(out[key]["written"]):
+            out[key] = {"layer": a.layer, "origin_point": a.origin_point, "token": a.token, "channel": a.channel,
+                        "carried": round(f.value, 2), "written": round(a.value, 2),
+                        "after": round(f.value + a.value, 2),
+                        "cancels": {"layer": f.origin_layer, "point": f.origin_point}}
+    return sorted(out.values(), key=lambda e: (e["layer"], e["token"], e["channel"]))

@@ -85,7 +85,26 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
     if kind == "gguf":
         drop_gguf_marker_(model)
     model.to(device).eval()
-    return LoadedModel(model, tokenizer, provenance(name, kind, kw, config, dtype, revision))
+    prov = provenance(name, kind, kw, config, dtype, revision)
+    if kind == "folder":
+        prov.update(reattach_runtime_(model, Path(kw["pretrained_model_name_or_path"])))
+    return LoadedModel(model, tokenizer, prov)
+
+
+def reattach_runtime_(model: torch.nn.Module, folder: Path) -> dict:
+    """A smoothed export lists its runtime interventions in smoothing_plan.json: attach them."""
+    from ..export import PLAN_FILE
+    from ..smooth import SmoothingPlan, attach_runtime_
+
+    path = folder / PLAN_FILE
+    if not path.is_file():
+        return {}
+    plan = SmoothingPlan.load(path)
+    ops = plan.runtime()
+    if ops:
+        attach_runtime_(model, ops)
+        log.info("re-attached %d runtime interventions from %s", len(ops), path)
+    return {"smoothing_plan": str(path), "runtime_interventions": len(ops)}
 
 
 def drop_gguf_marker_(model: torch.nn.Module) -> None:

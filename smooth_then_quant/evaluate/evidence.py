@@ -1,0 +1,58 @@
+"""Evidence for a smoothing: the same measurements on the model before and after.
+
+For one model state: float perplexity on every evaluation dataset, and from a probe pass on
+the same calibration windows, per layer: massive activations in the residual stream (x1, y1)
+and at projection inputs (x2, x8, y2, y6: what activation quantization sees), the top-3 |x1|
+(the paper's Figure 4 right), the largest |a| at projection inputs, and channel-wise outliers.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from ..analyze import Analysis, AnalysisConfig, analyze
+from ..arch import RESIDUAL_POINTS
+from .perplexity import EvalConfig, PerplexityCache
+
+
+def outlier_profile(analysis: Analysis) -> dict:
+    r = analysis.result
+    a = r.adapter
+    n = r.num_layers
+    counts = analysis.massive_counts()
+    co = analysis.outlier_counts()
+    lin = a.linear_inputs
+    return {
+        "massive_residual": [sum(counts[p][li] for p in RESIDUAL_POINTS) for li in range(n)],
+        "massive_linear_inputs": [sum(counts[p][li] for p in lin) for li in range(n)],
+        "massive_total": sum(sum(v) for v in counts.values()),
+        "top3_abs_x1": analysis.top_abs("x1", 3),
+        "max_abs_linear_inputs": [max(float(r.at(li, p).absmax.max()) for p in lin) for li in range(n)],
+        "channel_outliers": [sum(co[p][li] for p in co) for li in range(n)],
+        "channel_outliers_linear_inputs": [sum(co[p][li] for p in lin) for li in range(n)],
+        "channel_outliers_total": sum(sum(v) for v in co.values()),
+    }
+
+
+def state_evidence(name: str, model: nn.Module, tokenizer, evidence_ids: torch.Tensor, datasets: list[str],
+                   eval_cfg: EvalConfig, cache: PerplexityCache, analysis_cfg: AnalysisConfig) -> dict:
+    t0 = time.perf_counter()
+    profile = outlier_profile(analyze(model, evidence_ids, analysis_cfg))
+    ppl = {d: cache.perplexity(model, tokenizer, d, eval_cfg, desc=f"perplexity [{name}] on {d}") for d in datasets}
+    return {"name": name, "ppl": ppl, **profile, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def removed_share(before: dict, after: dict) -> dict:
+    """Share of outliers removed (negative: more than before) for each count."""
+    def share(key):
+        b, a = before[key], after[key]
+        b, a = (sum(b), sum(a)) if isinstance(b, list) else (b, a)
+        return None if b == 0 else round(1 - a / b, 4)
+    return {k: share(k) for k in ("massive_total", "massive_residual", "massive_linear_inputs",
+                                  "channel_outliers_total", "channel_outliers_linear_inputs")}
+
+
+def ppl_change(before: dict, after: dict) -> dict:
+    return {d: round(after["ppl"][d] / before["ppl"][d] - 1, 6) for d in before["ppl"]}

@@ -1,0 +1,121 @@
+"""Perplexity by the standard (GPTQ / SmoothQuant) protocol.
+
+The evaluation text is tokenized once as a whole (the tokenizer adds its BOS, if it has one,
+at the very start only), cut into non-overlapping windows of `seq_len` tokens (the remainder
+is dropped), and every window is scored on its own: the mean NLL of tokens 2..seq_len given
+their prefix in the window. PPL = exp(mean token NLL over all windows). c4 keeps the first
+256 windows of its validation text (GPTQ protocol).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import SmoothQuantError
+from ..load.data import load_text
+
+C4_WINDOWS = 256
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    seq_len: int = 2048
+    max_windows: int | None = None  # None: every window (c4: 256)
+    batch_size: int = 1
+    progress: bool = True
+
+
+def evaluation_windows(tokenizer, source: str, seq_len: int, max_windows: int | None = None
+                       ) -> tuple[torch.Tensor, dict]:
+    """-> ids [windows, seq_len], protocol description."""
+    data = load_text(source, "evaluation")
+    text = data.text if isinstance(data.text, str) else "\n\n".join(data.text)
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    n = ids.numel() // seq_len
+    limit = C4_WINDOWS if source == "c4" else None
+    if max_windows is not None:
+        limit = max_windows if limit is None else min(limit, max_windows)
+    if limit is not None:
+        n = min(n, limit)
+    if n < 1:
+        raise SmoothQuantError(f"evaluation text of '{source}' has {ids.numel()} tokens, fewer than one window of "
+                               f"seq_len={seq_len}; lower evaluation.seq_len.")
+    bos = getattr(tokenizer, "bos_token_id", None)
+    protocol = {
+        "dataset": source, "seq_len": seq_len, "windows": n, "tokens_scored": n * (seq_len - 1),
+        "windows_available": ids.numel() // seq_len,
+        "join": "documents joined with '\\n\\n' (c4: ' ')", "overlap": "none (remainder dropped)",
+        "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+        "bos": "the tokenizer's BOS at the start of the text only" if bos is not None and int(ids[0]) == bos
+        else "no BOS added",
+        "data": data.provenance,
+    }
+    return ids[: n * seq_len].reshape(n, seq_len), protocol
+
+
+@torch.inference_mode()
+def window_nll(model: nn.Module, ids: torch.Tensor, batch_size: int = 1, progress: bool = True,
+               desc: str = "perplexity") -> torch.Tensor:
+    """Mean next-token NLL of each window: ids [N, T] -> [N] float64."""
+    device = next(model.parameters()).device
+    out = []
+    for s in tqdm(range(0, ids.shape[0], batch_size), desc=desc, unit="batch", disable=not progress):
+        batch = ids[s: s + batch_size].to(device)
+        logits = model(input_ids=batch, use_cache=False).logits  # [B, T, V]
+        for b in range(batch.shape[0]):  # one row at a time keeps the log-softmax copy small
+            nll = F.cross_entropy(logits[b, :-1].float(), batch[b, 1:], reduction="mean")
+            out.append(float(nll))
+        del logits
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def perplexity(model: nn.Module, ids: torch.Tensor, batch_size: int = 1, progress: bool = True,
+               desc: str = "perplexity") -> float:
+    """exp(mean token NLL); every window has seq_len-1 scored tokens, so the mean of window means."""
+    return math.exp(float(window_nll(model, ids, batch_size, progress, desc).mean()))
+
+
+def model_fingerprint(model: nn.Module, extra: str = "") -> str:
+    """A digest of every parameter and buffer (and `extra`, e.g. the runtime interventions):
+    two states with equal weights share cached results."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        h.update(name.encode())
+        h.update(t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes()
+                 if t.numel() else b"")
+    h.update(extra.encode())
+    return h.hexdigest()
+
+
+class PerplexityCache:
+    """Results per (model state, dataset, protocol) so a baseline is computed once per run."""
+
+    def __init__(self):
+        self._results: dict[tuple, float] = {}
+        self._windows: dict[tuple, tuple[torch.Tensor, dict]] = {}
+        self.hits = 0
+
+    def windows(self, tokenizer, source: str, cfg: EvalConfig) -> tuple[torch.Tensor, dict]:
+        key = (id(tokenizer), source, cfg.seq_len, cfg.max_windows)
+        if key not in self._windows:
+            self._windows[key] = evaluation_windows(tokenizer, source, cfg.seq_len, cfg.max_windows)
+        return self._windows[key]
+
+    def perplexity(self, model: nn.Module, tokenizer, source: str, cfg: EvalConfig, state: str = "",
+                   desc: str | None = None) -> float:
+        from ..smooth.runtime import runtime_signature
+
+        ids, _ = self.windows(tokenizer, source, cfg)
+        key = (model_fingerprint(model, runtime_signature(model) + state), source, cfg.seq_len, cfg.max_windows)
+        if key in self._results:
+            self.hits += 1
+            return self._results[key]
+        ppl = perplexity(model, ids, cfg.batch_size, cfg.progress, desc or f"perplexity on {source}")
+        self._results[key] = ppl
+        return ppl

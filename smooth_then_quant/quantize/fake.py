@@ -1,0 +1,99 @@
+"""Model-level fake quantization (W4A8 and friends) on the decoder layers' projections.
+
+    rtn_weights_(model, WeightQuant(4, 64))                 # weights: RTN round trip in place
+    attach_act_quant_(model, ActQuant(8, "per_tensor"), calibration_ids)   # A8 at every linear input
+
+Activation quantizers are forward pre-hooks on each projection, registered after any smoothing
+runtime hook, so they see the smoothed input. Static per-tensor ranges are the min/max of each
+projection's input over the calibration windows. lm_head and embeddings stay in float (the usual
+convention of W4A8 / W8A8 reports).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..arch import adapter_for
+from .rtn import ActQuant, WeightQuant, check_groups, fake_quant_act, fake_quant_weight
+
+_ATTR = "_smooth_then_quant_act_quant"
+
+
+def linear_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(qualified name, module) of every projection in the decoder layers (fused c_attn once)."""
+    adapter = adapter_for(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for layer in adapter.decoder_layers(model):
+        for role in ("qkv", "o", "mlp_in", "mlp_out"):
+            for path in adapter.modules(role):
+                m = layer.get_submodule(path)
+                out.append((names[id(m)], m))
+    return out
+
+
+def _weight_view(module: nn.Module) -> torch.Tensor:
+    """[out, in] view of a Linear or a Conv1D (GPT-2 stores [in, out])."""
+    w = module.weight
+    return w if isinstance(module, nn.Linear) else w.t()
+
+
+@torch.no_grad()
+def rtn_weights_(model: nn.Module, q: WeightQuant) -> None:
+    mods = linear_modules(model)
+    for name, m in mods:  # refuse before touching anything
+        check_groups(_weight_view(m).shape[1], q.group_size, name)
+    for _, m in mods:
+        w = _weight_view(m)
+        w.copy_(fake_quant_weight(w, q))
+
+
+@torch.inference_mode()
+def calibrate_ranges(model: nn.Module, ids: torch.Tensor, batch_size: int = 4, progress: bool = True
+                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per projection: (min, max) of its input over the windows ids: [N, T]."""
+    ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    handles = []
+    for name, m in linear_modules(model):
+        def pre(_m, args, name=name):
+            x = args[0].detach()
+            lo, hi = x.amin().float(), x.amax().float()
+            if name in ranges:
+                lo, hi = torch.minimum(lo, ranges[name][0]), torch.maximum(hi, ranges[name][1])
+            ranges[name] = (lo, hi)
+        handles.append(m.register_forward_pre_hook(pre))
+    try:
+        for s in tqdm(range(0, ids.shape[0], batch_size), desc="A-quant: calibrating ranges", unit="batch",
+                      disable=not progress):
+            model.base_model(input_ids=ids[s: s + batch_size], use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return ranges
+
+
+def attach_act_quant_(model: nn.Module, q: ActQuant, ids: torch.Tensor | None = None, batch_size: int = 4,
+                      progress: bool = True) -> None:
+    """Fake-quantize the input of every projection. per_tensor needs calibration windows `ids`."""
+    detach_act_quant_(model)
+    ranges = None
+    if q.granularity == "per_tensor":
+        if ids is None:
+            raise ValueError("static per-tensor activation scales need calibration windows")
+        ranges = calibrate_ranges(model, ids, batch_size, progress)
+    handles = []
+    for name, m in linear_modules(model):
+        rng = None if ranges is None else ranges[name]
+
+        def pre(_m, args, rng=rng):
+            return (fake_quant_act(args[0], q, rng), *args[1:])
+        handles.append(m.register_forward_pre_hook(pre))
+    setattr(model, _ATTR, handles)
+
+
+def detach_act_quant_(model: nn.Module) -> None:
+    for h in getattr(model, _ATTR, []):
+        h.remove()
+    if hasattr(model, _ATTR):
+        delattr(model, _ATTR)

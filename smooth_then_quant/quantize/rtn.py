@@ -1,0 +1,87 @@
+"""Round-to-nearest fake quantization: the quantize -> dequantize round trip in float.
+
+Weights are quantized along the input dimension (per output row, optionally in groups of
+`group_size` input channels); activations per token (dynamic) or per tensor (a static scale
+fixed on calibration data). Pure functions; the model-level fake-quantizer builds on them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..errors import SmoothQuantError
+
+
+@dataclass(frozen=True)
+class WeightQuant:
+    bits: int = 4
+    group_size: int = 64  # -1: one scale per output row (per channel)
+    symmetric: bool = True
+
+    def __post_init__(self):
+        if not 2 <= self.bits <= 8:
+            raise SmoothQuantError(f"weight bits must be between 2 and 8 (got {self.bits}).")
+        if self.group_size == 0 or self.group_size < -1:
+            raise SmoothQuantError(f"group_size must be -1 (per channel) or positive (got {self.group_size}).")
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    bits: int = 8
+    granularity: Literal["per_token", "per_tensor"] = "per_tensor"
+    symmetric: bool = True
+
+    def __post_init__(self):
+        if not 2 <= self.bits <= 16:
+            raise SmoothQuantError(f"activation bits must be between 2 and 16 (got {self.bits}).")
+        if self.granularity not in ("per_token", "per_tensor"):
+            raise SmoothQuantError(f"activation granularity must be per_token or per_tensor (got {self.granularity}).")
+
+
+def _round_trip(x: torch.Tensor, bits: int, symmetric: bool, amin: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """Quantize x with ranges [amin, amax] (broadcastable to x) and dequantize."""
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale = torch.maximum(amax.abs(), amin.abs()).clamp(min=1e-8) / qmax
+        return (x / scale).round().clamp(-qmax - 1, qmax) * scale
+    qmax = 2**bits - 1
+    amin, amax = amin.clamp(max=0), amax.clamp(min=0)
+    scale = (amax - amin).clamp(min=1e-8) / qmax
+    zero = (-amin / scale).round()
+    return ((x / scale).round() + zero).clamp(0, qmax).sub(zero) * scale
+
+
+def check_groups(in_features: int, group_size: int, name: str = "weight") -> None:
+    if group_size != -1 and in_features % group_size:
+        divisors = [g for g in (32, 64, 96, 128, 192, 256) if in_features % g == 0]
+        raise SmoothQuantError(
+            f"group_size {group_size} does not divide the {in_features} input channels of {name}; "
+            f"use a divisor ({', '.join(map(str, divisors)) or 'none of the usual sizes'}) or -1 (per channel).")
+
+
+def fake_quant_weight(w: torch.Tensor, q: WeightQuant) -> torch.Tensor:
+    """w: [out, in] -> RTN round trip, same shape and dtype."""
+    out_f, in_f = w.shape
+    g = in_f if q.group_size == -1 else q.group_size
+    check_groups(in_f, g)
+    x = w.float().reshape(out_f, in_f // g, g)  # [out, groups, g]
+    y = _round_trip(x, q.bits, q.symmetric, x.amin(-1, keepdim=True), x.amax(-1, keepdim=True))
+    return y.reshape(out_f, in_f).to(w.dtype)
+
+
+def act_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor (min, max) of an activation, for a static scale."""
+    return x.amin().float(), x.amax().float()
+
+
+def fake_quant_act(x: torch.Tensor, q: ActQuant, static_range: tuple[torch.Tensor, torch.Tensor] | None = None
+                   ) -> torch.Tensor:
+    """x: [..., C]. per_token: a range per row; per_tensor: `static_range` (calibrated) or x's own."""
+    xf = x.float()
+    if q.granularity == "per_token":
+        lo, hi = xf.amin(-1, keepdim=True), xf.amax(-1, keepdim=True)
+    else:
+        lo, hi = static_range if static_range is not None else act_range(xf)
+    return _round_trip(xf, q.bits, q.symmetric, lo, hi).to(x.dtype)

@@ -1,0 +1,185 @@
+"""Repair with PEFT (paper §4.4): win back what a lossy edit cost, then merge.
+
+LoRA adapters (the `peft` library) on chosen projections are trained so the edited model
+(student, runtime hooks active) matches the unmodified model (teacher) on calibration text:
+
+    loss = KL(teacher ‖ student) per token                       (logit distillation)
+         + λ · Σ_rows relu(|mean_t(x_j) − mean(x)| / std(x) − m)²  (a flattened OTC row j must
+                                                                     not turn back into a channel outlier)
+
+then `merge_and_unload()` folds them into the weights: no peft module is left and a vanilla
+checkpoint reproduces the result.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..arch import adapter_for, take_part
+from ..errors import SmoothQuantError
+from .plan import FlattenRows, Repair, SmoothingPlan
+from .runtime import attach_runtime_, detach_runtime_
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RepairConfig:
+    roles: tuple[str, ...] = ("qkv",)  # qkv | o | mlp_in | mlp_out
+    layers: str = "affected"  # affected (layers the plan touches) | all
+    rank: int = 8
+    lora_alpha: int = 16
+    steps: int = 60
+    lr: float = 1e-3
+    batch_size: int = 2
+    seq_len: int = 256  # training crops of the calibration windows
+    penalty: float = 1.0  # λ of the outlier term
+    m: float = 4.0  # the channel-outlier criterion the penalty keeps away from
+    heldout: int = 4  # calibration windows kept out of training to measure KL
+    seed: int = 0
+    progress: bool = True
+
+
+def target_modules(model: nn.Module, plan: SmoothingPlan, cfg: RepairConfig) -> list[str]:
+    adapter = adapter_for(model)
+    layers = adapter.decoder_layers(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    chosen = range(len(layers)) if cfg.layers == "all" else \
+        sorted({i.layer for i in plan.interventions if hasattr(i, "layer")})
+    out = []
+    for li in chosen:
+        prefix = names[id(layers[li])]
+        for role in cfg.roles:
+            out += [f"{prefix}.{m}" for m in adapter.modules(role)]
+    return list(dict.fromkeys(out))
+
+
+@torch.no_grad()
+def kl_to(teacher: nn.Module, student: nn.Module, ids: torch.Tensor, batch_size: int = 2) -> float:
+    """Mean per-token KL(teacher ‖ student) over windows ids: [N, T]."""
+    total, n = 0.0, 0
+    for s in range(0, ids.shape[0], batch_size):
+        b = ids[s: s + batch_size]
+        kl = _kl(teacher(input_ids=b, use_cache=False).logits, student(input_ids=b, use_cache=False).logits)
+        total += float(kl) * b.numel()
+        n += b.numel()
+    return total / max(n, 1)
+
+
+def _kl(t_logits: torch.Tensor, s_logits: torch.Tensor) -> torch.Tensor:
+    t = F.log_softmax(t_logits.float(), -1)
+    s = F.log_softmax(s_logits.float(), -1)
+    return (t.exp() * (t - s)).sum(-1).mean()
+
+
+def _outlier_penalty(x: torch.Tensor, rows: list[int], m: float) -> torch.Tensor:
+    """x: [B, T, O]: hinge on the channel-outlier criterion of `rows`."""
+    flat = x.reshape(-1, x.shape[-1]).float()
+    mu, sd = flat.mean(), flat.std().clamp(min=1e-6)
+    dev = (flat[:, rows].mean(0) - mu).abs() / sd  # [rows]
+    return F.relu(dev - m).pow(2).sum()
+
+
+def repair_(model: nn.Module, teacher: nn.Module, input_ids: torch.Tensor, plan: SmoothingPlan,
+            cfg: RepairConfig = RepairConfig()) -> Repair:
+    """Train LoRA on `model` towards `teacher`, merge it; returns the plan entry (appended to plan)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise SmoothQuantError("the repair needs the `peft` library: pip install peft") from None
+    if input_ids.shape[0] <= cfg.heldout:
+        raise SmoothQuantError(f"repair needs more calibration windows than repair.heldout={cfg.heldout} "
+                               f"(got {input_ids.shape[0]}).")
+    adapter = adapter_for(model)
+    targets = target_modules(model, plan, cfg)
+    if not targets:
+        raise SmoothQuantError("repair has no target: the plan touches no layer; set repair.layers: all.")
+    train_ids, held = input_ids[cfg.heldout:], input_ids[: cfg.heldout]
+    teacher.eval()
+    kl_before = kl_to(teacher, model, held)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    ops = detach_runtime_(model)  # peft swaps the target modules: hooks go back on the wrappers
+    transposed = any(p.transposed for p in (*adapter.qkv.values(), *adapter.mlp_in, adapter.mlp_out))
+    lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets, bias="none",
+                      fan_in_fan_out=transposed)
+    peft_model = get_peft_model(model, lcfg)
+    inner = peft_model.get_base_model()
+    attach_runtime_(inner, ops)
+    penalties = _penalty_hooks(inner, plan, cfg)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    inner.train()
+    try:
+        for _ in tqdm(range(cfg.steps), desc="repair: LoRA distillation", unit="step", disable=not cfg.progress):
+            rows = torch.randint(0, train_ids.shape[0], (cfg.batch_size,), generator=g)
+            T = min(cfg.seq_len, train_ids.shape[1])
+            start = int(torch.randint(0, train_ids.shape[1] - T + 1, (1,), generator=g))
+            b = train_ids[rows, start: start + T]
+            with torch.no_grad():
+                t_logits = teacher(input_ids=b, use_cache=False).logits
+            penalties.terms.clear()
+            loss = _kl(t_logits, inner(input_ids=b, use_cache=False).logits)
+            if penalties.terms:
+                loss = loss + cfg.penalty * torch.stack(penalties.terms).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+    finally:
+        penalties.remove()
+        inner.eval()
+        detach_runtime_(inner)
+        merged = peft_model.merge_and_unload()
+        attach_runtime_(merged, ops)
+        for n, p in merged.named_parameters():
+            p.requires_grad_(flags.get(n, False))
+    if merged is not model:  # peft injects in place and hands the same object back
+        raise RuntimeError("peft returned a different model object after merging")
+    kl_after = kl_to(teacher, model, held)
+    result = {"kl_before": kl_before, "kl_after": kl_after, "loss_first": losses[0], "loss_last": losses[-1],
+              "steps": cfg.steps, "trainable_parameters": sum(p.numel() for p in params),
+              "heldout_windows": cfg.heldout}
+    log.info("repair: KL to the unmodified model %.4g -> %.4g on %d held-out windows", kl_before, kl_after,
+             cfg.heldout)
+    entry = Repair(targets, {k: v for k, v in asdict(cfg).items() if k != "progress"}, result,
+                   reason=f"LoRA on {len(targets)} modules, distilled against the unmodified model")
+    plan.interventions.append(entry)
+    if not math.isfinite(kl_after):
+        raise SmoothQuantError("repair diverged (KL is not finite); lower repair.lr.")
+    return entry
+
+
+class _Penalties:
+    def __init__(self):
+        self.terms: list[torch.Tensor] = []
+        self.handles = []
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _penalty_hooks(model: nn.Module, plan: SmoothingPlan, cfg: RepairConfig) -> _Penalties:
+    """Forward hooks on the projections whose rows were flattened: collect the outlier terms."""
+    adapter = adapter_for(model)
+    layers = adapter.decoder_layers(model)
+    pen = _Penalties()
+    if cfg.penalty <= 0:
+        return pen
+    for i in plan.interventions:
+        if not isinstance(i, FlattenRows):
+            continue
+        tap = adapter.points[i.point]
+
+        def hook(_m, _a, out, rows=i.rows, part=tap.part):
+            pen.terms.append(_outlier_penalty(take_part(out, part), rows, cfg.m))
+        pen.handles.append(layers[i.layer].get_submodule(tap.module).register_forward_hook(hook))
+    return pen
