@@ -1,0 +1,31 @@
+import torch
+
+from planting import tiny_model, windows
+from smooth_then_quant.quantize import (ActQuant, WeightQuant, attach_act_quant_, detach_act_quant_, fake_quant_weight,
+                                        linear_modules, rtn_weights_)
+
+
+def test_rtn_weights_quantizes_every_decoder_projection_and_nothing_else():
+    model = tiny_model("gpt2", init=0.05)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rtn_weights_(model, WeightQuant(4, 32))
+    names = {n for n, _ in linear_modules(model)}
+    assert len(names) == 4 * 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj per layer
+    for n, p in model.named_parameters():
+        module = n.rsplit(".", 1)[0]
+        if module in names and n.endswith("weight"):
+            w = before[n].t()  # Conv1D stores [in, out]
+            assert torch.equal(p.t(), fake_quant_weight(w, WeightQuant(4, 32)))
+        else:
+            assert torch.equal(p, before[n]), n
+
+
+def test_activation_quant_hooks_change_outputs_and_detach():
+    model = tiny_model("llama", init=0.05)
+    ids = windows(4, 16)
+    ref = model(ids).logits
+    attach_act_quant_(model, ActQuant(4, "per_tensor"), ids, progress=False)
+    q = model(ids).logits
+    assert not torch.allclose(q, ref, atol=1e-6)
+    detach_act_quant_(model)
+    assert torch.equal(model(ids).logits, ref)
