@@ -59,6 +59,14 @@ def render_analysis(report: dict) -> str:
                              "residual channels (x1)", "layers", "peak"], rows))
     else:
         lines.append("No massive activations found.")
+    cancel = a.get("cancellations", [])
+    if cancel:
+        lines += ["", "Late layers that write an opposite-sign TMA against the family the stream carries (the paper's "
+                      "cancelling TMAs). Removing a family must remove its cancellers too, or they write the MA back "
+                      "with the opposite sign; the smoothing planner does so.", ""]
+        lines.append(_table(["layer", "created at", "token", "channel", "carried", "written", "after", "cancels family of"],
+                            [[c["layer"], c["origin_point"], c["token"], c["channel"], c["carried"], c["written"],
+                              c["after"], f"L{c['cancels']['layer']} {c['cancels']['point']}"] for c in cancel]))
     n_tma = sum(1 for x in a["massive_activations"] if x["kind"] == "TMA")
     n_fma = sum(1 for x in a["massive_activations"] if x["kind"] == "FMA")
     lines += ["", f"{n_tma} TMA and {n_fma} FMA positions (layer, point, token, channel) in `report.json` → "
