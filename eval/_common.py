@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from smooth_then_quant import AnalysisConfig, __version__, analyze, calibration_windows, load_model
+from smooth_then_quant import AnalysisConfig, ChannelRule, __version__, analyze, calibration_windows, load_model
 from smooth_then_quant.errors import SmoothQuantError
 from smooth_then_quant.evaluate import EvalConfig
 from smooth_then_quant.probe import ProbeConfig
@@ -27,6 +27,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--eval-seq-len", type=int, default=512, help="evaluation window length (paper: 2048)")
     p.add_argument("--max-windows", type=int, default=32, help="evaluation windows per dataset (0: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--m", type=float, default=4.0, help="channel-outlier rule: |mean_j - mean| > m·σ")
+    p.add_argument("--beta", type=float, default=1 / 3, help="channel-outlier rule: std_j < β (paper: 1/3)")
     p.add_argument("--out", type=Path, required=True, help="markdown file to write")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
@@ -38,7 +40,8 @@ def setup(args) -> dict:
     t0 = time.perf_counter()
     loaded = load_model(args.model)
     cal, data = calibration_windows(loaded.tokenizer, args.calibration, args.samples, args.seq_len, args.seed)
-    analysis = analyze(loaded.model, cal, AnalysisConfig(probe=ProbeConfig(progress=not args.quiet)))
+    analysis = analyze(loaded.model, cal, AnalysisConfig(channel=ChannelRule(args.m, args.beta),
+                                                         probe=ProbeConfig(progress=not args.quiet)))
     ecfg = EvalConfig(args.eval_seq_len, args.max_windows or None, 4 if args.eval_seq_len <= 512 else 1,
                       not args.quiet)
     return {"loaded": loaded, "cal": cal, "data": data, "analysis": analysis, "ecfg": ecfg, "t0": t0}
@@ -54,7 +57,8 @@ def header(title: str, args, ctx, command: str) -> list[str]:
     return [
         f"# {title}", "",
         f"- model: `{m['name']}` ({m['model_type']}, {m['dtype']}" + (f", sha256 `{m['sha256'][:12]}…`" if m.get("sha256") else "") + ")",
-        f"- analysis: {args.samples} calibration windows × {args.seq_len} tokens of `{args.calibration}`, seed {args.seed}",
+        f"- analysis: {args.samples} calibration windows × {args.seq_len} tokens of `{args.calibration}`, seed {args.seed}; "
+        f"channel-outlier rule m = {args.m:g}, β = {args.beta:.3g}",
         f"- perplexity: {', '.join(args.datasets)}; non-overlapping windows of {e.seq_len} tokens"
         + (f", first {e.max_windows} windows" if e.max_windows else ", all windows"),
         f"- smooth-then-quant {__version__}, torch {torch.__version__}, {platform.machine()} CPU",

@@ -18,7 +18,7 @@ def run():
                      "python " + " ".join(map(shlex.quote, sys.argv)))
     lines += c.table(["intervention", *args.datasets, "rows changed"],
                      [[r.name, *[c.fmt(r.ppl[d]) for d in args.datasets], r.detail] for r in rows])
-    lines += ["", "OTCs: rows of the projection whose output channel is a channel-wise outlier (m = 4, β = 1/3) that "
+    lines += ["", "OTCs: rows of the projection whose output channel is a channel-wise outlier (the rule above) that "
                   "the input's own outlier channels do not explain (smooth_then_quant.detect.otc). Each changed row "
                   "is set to the mean of its entries; random rows are drawn (seeded) from the same matrices, "
                   "excluding the OTCs."]

@@ -51,3 +51,25 @@ def test_analysis_run_writes_a_valid_report(tmp_path):
         assert (out / png).stat().st_size > 10_000
     assert (out / "report.md").read_text().startswith("# Outlier analysis")
     assert not list(tmp_path.glob(".analysis.partial-*"))
+
+
+def test_exact_migrations_keep_smollm2_logits(smollm2):
+    from smooth_then_quant import AnalysisConfig, MigrateConfig, ProbeConfig, SmoothingConfig, analyze, calibration_windows
+    from smooth_then_quant.smooth import clone_model, plan_smoothing, smooth_
+
+    model = smollm2.model
+    ids, _ = calibration_windows(smollm2.tokenizer, "offline", samples=4, seq_len=128)
+    analysis = analyze(model, ids, AnalysisConfig(probe=ProbeConfig(progress=False)))
+    # the real model's y6 TMAs (layer 11, channels 1229/1487) are what the y6 migration must shrink
+    assert any(a.layer == 11 and a.point == "y6" and a.kind == "TMA" for a in analysis.massive)
+    plan = plan_smoothing(model, analysis, SmoothingConfig(migrate=MigrateConfig(alpha=0.5), progress=False), ids)
+    twin = smooth_(clone_model(model), plan)
+    with torch.inference_mode():
+        ref, out = model(ids[:2]).logits, twin(ids[:2]).logits
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-4
+    y6 = {}
+    h = twin.model.layers[11].mlp.down_proj.register_forward_pre_hook(lambda m, a: y6.__setitem__("x", a[0]))
+    with torch.inference_mode():
+        twin(ids[:1])
+    h.remove()
+    assert y6["x"].abs().max() < 100  # no massive activation left at the down-projection input
