@@ -87,8 +87,8 @@ def model_fingerprint(model: nn.Module, extra: str = "") -> str:
     h = hashlib.blake2b(digest_size=16)
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         h.update(name.encode())
-        h.update(t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes()
-                 if t.numel() else b"")
+        if t.numel():  # hash the tensor's memory in place (no bytes copy)
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
     h.update(extra.encode())
     return h.hexdigest()
 

@@ -6,8 +6,8 @@ forward pass the hook finds the elements of the tapped tensor that pass the MA r
 and replaces them with that tensor's mean or with zero.
 
 The hooks live on the module (forward pre-hook for an input point such as y6, forward hook for
-an output point such as y7), so they act in every later pass: GPTQ calibration, activation
-fake-quant, evaluation. A checkpoint cannot carry them: `smoothing_plan.json` lists them and
+an output point such as y7), prepended so they run before any other hook whenever it was
+registered, so they act in every later pass: GPTQ calibration, activation fake-quant, evaluation. A checkpoint cannot carry them: `smoothing_plan.json` lists them and
 `smooth_then_quant.load_model` re-attaches them on reload.
 """
 from __future__ import annotations
@@ -64,13 +64,13 @@ def attach_runtime_(model: nn.Module, ops: list[MassiveRemoval]) -> None:
                     return (remove_massive(args[0], op), *args[1:]), kwargs
                 key = next(k for k, v in kwargs.items() if torch.is_tensor(v))
                 return args, {**kwargs, key: remove_massive(kwargs[key], op)}
-            handle = module.register_forward_pre_hook(pre, with_kwargs=True)
+            handle = module.register_forward_pre_hook(pre, with_kwargs=True, prepend=True)
         else:
             def post(_m, _args, out, op=op):
                 if isinstance(out, tuple):
                     return (remove_massive(out[0], op), *out[1:])
                 return remove_massive(out, op)
-            handle = module.register_forward_hook(post)
+            handle = module.register_forward_hook(post, prepend=True)
         attached.append((op, handle))
     setattr(model, _ATTR, attached)
 

@@ -103,3 +103,19 @@ def test_runtime_intervention_survives_export_and_reload(family, tmp_path):
     assert torch.allclose(loaded.model(ids).logits, expected, atol=1e-5)
     twin = clone_model(loaded.model)  # copies keep the hooks too
     assert torch.allclose(twin(ids).logits, expected, atol=1e-5)
+
+
+def test_runtime_hook_runs_before_hooks_registered_earlier():
+    """An activation quantizer or a GPTQ input catcher attached first must still see the smoothed input."""
+    model = planted("llama")
+    ids = windows(2, 16, trigger_at=0)
+    down = model.model.layers[1].mlp.down_proj
+    seen = {}
+    down.register_forward_pre_hook(lambda m, a: seen.__setitem__("max", float(a[0].abs().max())))
+    model(ids)
+    assert seen["max"] > 1000
+    smooth_(model, plan_smoothing(model, quiet_analyze(model, ids),
+                                  SmoothingConfig(remove_massive=RemoveMassiveConfig(True, "zero"),
+                                                  migrate=NO_MIGRATION, progress=False), ids))
+    model(ids)
+    assert seen["max"] < 100
