@@ -108,7 +108,12 @@ def repair_(model: nn.Module, teacher: nn.Module, input_ids: torch.Tensor, plan:
     transposed = any(p.transposed for p in (*adapter.qkv.values(), *adapter.mlp_in, adapter.mlp_out))
     lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets, bias="none",
                       fan_in_fan_out=transposed)
-    peft_model = get_peft_model(model, lcfg)
+    try:
+        peft_model = get_peft_model(model, lcfg)
+    except ImportError as e:  # e.g. peft with gptqmodel installed but no optimum
+        attach_runtime_(model, ops)
+        raise SmoothQuantError(f"peft could not wrap the model for the repair: {e}. Install the missing package "
+                               f"or disable smoothing.repair.") from None
     inner = peft_model.get_base_model()
     attach_runtime_(inner, ops)
     penalties = _penalty_hooks(inner, plan, cfg)

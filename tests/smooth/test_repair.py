@@ -48,3 +48,19 @@ def test_repair_needs_calibration_beyond_the_heldout_windows():
     model = tiny_model("llama")
     with pytest.raises(SmoothQuantError, match="heldout"):
         repair_(model, clone_model(model), windows(2, 8), SmoothingPlan("llama"), RepairConfig(heldout=4))
+
+
+def test_peft_import_trouble_is_a_clear_error_and_keeps_the_hooks(monkeypatch):
+    # regression: with gptqmodel installed but not optimum, peft raised ImportError from deep inside
+    # get_peft_model and the CLI printed a traceback
+    import peft
+
+    def broken(*a, **k):
+        raise ImportError("gptqmodel requires optimum version `1.24.0` or higher to be installed.")
+    monkeypatch.setattr(peft, "get_peft_model", broken)
+    model = tiny_model("llama")
+    plan = SmoothingPlan("llama", [RemoveMassive(1, "y6", None, "zero")])
+    smooth_(model, plan)
+    with pytest.raises(SmoothQuantError, match="peft could not wrap the model.*optimum"):
+        repair_(model, clone_model(model), windows(8, 16), plan, RepairConfig(steps=1, heldout=2, progress=False))
+    assert len(runtime_ops(model)) == 1
