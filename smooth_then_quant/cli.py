@@ -27,7 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.quiet:
+        import functools
+
+        import tqdm
         import transformers
+
+        # -q means no bars at all, including those libraries draw with plain tqdm (transformers' GGUF loading)
+        tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, disable=True)
 
         transformers.utils.logging.disable_progress_bar()
     from .recipe import load_recipe

@@ -39,3 +39,16 @@ def test_python_dash_m_works_like_the_console_script(tmp_path):
     p.write_text("output_dir: o\nnope: 1\n")
     proc = subprocess.run([sys.executable, "-m", "smooth_then_quant", str(p)], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown key 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_quiet_run_draws_no_progress_bar(tmp_path):
+    from planting import save_tiny
+
+    save_tiny(tmp_path / "m", "llama")
+    p = tmp_path / "r.yaml"
+    p.write_text(f"model: {tmp_path / 'm'}\ncalibration: {{samples: 2, seq_len: 32}}\nanalysis: {{plots: false}}\n"
+                 f"output_dir: {tmp_path / 'out'}\n")
+    proc = subprocess.run([sys.executable, "-m", "smooth_then_quant", str(p), "-q"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    assert "it/s" not in proc.stderr and "%|" not in proc.stderr, proc.stderr[-500:]
+    assert (tmp_path / "out" / "report.json").is_file()
