@@ -49,6 +49,48 @@ def remove_massive(y: torch.Tensor, op: MassiveRemoval) -> torch.Tensor:
     return torch.where(mask, fill.to(x.dtype), x).reshape(y.shape)
 
 
+class _Attachment:
+    """One op's hook on its module, re-registered whenever the module at that path is replaced.
+
+    Quantization libraries swap nn.Linear for their own modules (GPTQModel wraps every Linear
+    during quantize()), which drops hooks registered on the old object. A pre-hook on the
+    decoder layer, which they keep, checks the path before each layer forward and moves the
+    hook to the new module.
+    """
+
+    def __init__(self, layer: nn.Module, path: str, side: str, op: MassiveRemoval):
+        self.layer, self.path, self.side, self.op = layer, path, side, op
+        self.module, self.handle = None, None
+        self.ensure()
+        self.guard = layer.register_forward_pre_hook(lambda *_: self.ensure(), prepend=True)
+
+    def ensure(self) -> None:
+        module = self.layer.get_submodule(self.path)
+        if module is self.module:
+            return
+        if self.handle is not None:
+            self.handle.remove()
+        op = self.op
+        if self.side == "input":
+            def pre(_m, args, kwargs):
+                if args:
+                    return (remove_massive(args[0], op), *args[1:]), kwargs
+                key = next(k for k, v in kwargs.items() if torch.is_tensor(v))
+                return args, {**kwargs, key: remove_massive(kwargs[key], op)}
+            self.handle = module.register_forward_pre_hook(pre, with_kwargs=True, prepend=True)
+        else:
+            def post(_m, _args, out):
+                if isinstance(out, tuple):
+                    return (remove_massive(out[0], op), *out[1:])
+                return remove_massive(out, op)
+            self.handle = module.register_forward_hook(post, prepend=True)
+        self.module = module
+
+    def remove(self) -> None:
+        self.handle.remove()
+        self.guard.remove()
+
+
 def attach_runtime_(model: nn.Module, ops: list[MassiveRemoval]) -> None:
     """Register the hooks of `ops` (replacing any attached before)."""
     detach_runtime_(model)
@@ -57,36 +99,22 @@ def attach_runtime_(model: nn.Module, ops: list[MassiveRemoval]) -> None:
     attached = []
     for op in ops:
         tap = adapter.points[op.point]
-        module = layers[op.layer].get_submodule(tap.module)
-        if tap.side == "input":
-            def pre(_m, args, kwargs, op=op):
-                if args:
-                    return (remove_massive(args[0], op), *args[1:]), kwargs
-                key = next(k for k, v in kwargs.items() if torch.is_tensor(v))
-                return args, {**kwargs, key: remove_massive(kwargs[key], op)}
-            handle = module.register_forward_pre_hook(pre, with_kwargs=True, prepend=True)
-        else:
-            def post(_m, _args, out, op=op):
-                if isinstance(out, tuple):
-                    return (remove_massive(out[0], op), *out[1:])
-                return remove_massive(out, op)
-            handle = module.register_forward_hook(post, prepend=True)
-        attached.append((op, handle))
+        attached.append(_Attachment(layers[op.layer], tap.module, tap.side, op))
     setattr(model, _ATTR, attached)
 
 
 def detach_runtime_(model: nn.Module) -> list[MassiveRemoval]:
-    """Remove the hooks; returns the ops that were attached (to re-attach after a module swap)."""
+    """Remove the hooks; returns the ops that were attached."""
     attached = getattr(model, _ATTR, [])
-    for _, handle in attached:
-        handle.remove()
+    for a in attached:
+        a.remove()
     if hasattr(model, _ATTR):
         delattr(model, _ATTR)
-    return [op for op, _ in attached]
+    return [a.op for a in attached]
 
 
 def runtime_ops(model: nn.Module) -> list[MassiveRemoval]:
-    return [op for op, _ in getattr(model, _ATTR, [])]
+    return [a.op for a in getattr(model, _ATTR, [])]
 
 
 def runtime_signature(model: nn.Module) -> str:

@@ -119,3 +119,21 @@ def test_runtime_hook_runs_before_hooks_registered_earlier():
                                                   migrate=NO_MIGRATION, progress=False), ids))
     model(ids)
     assert seen["max"] < 100
+
+
+def test_runtime_hook_follows_a_module_swap():
+    """GPTQModel replaces every nn.Linear during quantize(); the removal must keep acting on the new module."""
+    model = planted("llama")
+    ids = windows(2, 16, trigger_at=0)
+    smooth_(model, plan_smoothing(model, quiet_analyze(model, ids),
+                                  SmoothingConfig(remove_massive=RemoveMassiveConfig(True, "zero"),
+                                                  migrate=NO_MIGRATION, progress=False), ids))
+    mlp = model.model.layers[1].mlp
+    swapped = torch.nn.Linear(mlp.down_proj.in_features, mlp.down_proj.out_features, bias=False)
+    swapped.weight.data.copy_(mlp.down_proj.weight.data)
+    mlp.down_proj = swapped
+    seen = {}
+    swapped.register_forward_pre_hook(lambda m, a: seen.__setitem__("max", float(a[0].abs().max())))
+    model(ids)
+    assert seen["max"] < 100  # the TMA was removed before the new module's own hooks ran
+    assert len(runtime_ops(model)) == 1
