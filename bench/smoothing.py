@@ -13,6 +13,7 @@ interventions are reported as measured.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import platform
 import shlex
@@ -80,7 +81,7 @@ def main():
     for i, (name, cfg, rcfg) in enumerate(CASES):
         if args.only and i not in args.only:
             continue
-        cfg = SmoothingConfig(cfg.remove_massive, cfg.flatten_gamma, cfg.flatten_otc, cfg.migrate, progress=False)
+        cfg = dataclasses.replace(cfg, progress=False)
         t0 = time.perf_counter()
         plan = plan_smoothing(model, analysis, cfg, cal)
         t_plan = time.perf_counter() - t0
@@ -91,7 +92,7 @@ def main():
         kl = ""
         if rcfg is not None:
             t2 = time.perf_counter()
-            r = repair_(twin, model, cal, plan, RepairConfig(**{**rcfg.__dict__, "progress": False}))
+            r = repair_(twin, model, cal, plan, dataclasses.replace(rcfg, progress=False))
             t_rep = time.perf_counter() - t2
             kl = f"KL {r.result['kl_before']:.3g} → {r.result['kl_after']:.3g}"
         ppl = perplexity(twin, ev, 4, False)

@@ -5,6 +5,7 @@ import argparse
 import logging
 import math
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,8 @@ def fmt(x: float) -> str:
     return "nan" if math.isnan(x) else f"{x:.4f}" if x < 1e4 else f"{x:.4g}"
 
 
-def header(title: str, args, ctx, command: str) -> list[str]:
+def header(title: str, args, ctx) -> list[str]:
+    command = "python " + " ".join(map(shlex.quote, sys.argv))
     m = ctx["loaded"].provenance
     e = ctx["ecfg"]
     return [

@@ -4,7 +4,6 @@
     python eval/table2_tma.py --model meta-llama/Llama-3.2-3B --calibration wikitext2 \
         --datasets wikitext2 c4 --eval-seq-len 2048 --max-windows 0 --out table2.md
 """
-import shlex
 import sys
 
 import _common as c
@@ -17,8 +16,7 @@ def run():
     rows = table2_tma(ctx["loaded"].model, ctx["loaded"].tokenizer, ctx["analysis"], ctx["cal"], args.datasets,
                       ctx["ecfg"], progress=not args.quiet)
     base = rows[0].ppl
-    lines = c.header("Table 2: impact of removing TMAs (perplexity)", args, ctx,
-                     "python " + " ".join(map(shlex.quote, sys.argv)))
+    lines = c.header("Table 2: impact of removing TMAs (perplexity)", args, ctx)
     lines += c.table(["intervention", *args.datasets, *[f"× base ({d})" for d in args.datasets], "where"],
                      [[r.name, *[c.fmt(r.ppl[d]) for d in args.datasets],
                        *[f"{r.ppl[d] / base[d]:.3g}" for d in args.datasets], r.detail] for r in rows])

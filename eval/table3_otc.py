@@ -2,7 +2,6 @@
 
     python eval/table3_otc.py --out eval/results/table3_smollm2.md
 """
-import shlex
 import sys
 
 import _common as c
@@ -14,8 +13,7 @@ def run():
     ctx = c.setup(args)
     rows = table3_otc(ctx["loaded"].model, ctx["loaded"].tokenizer, ctx["analysis"], args.datasets, ctx["ecfg"],
                       args.seed)
-    lines = c.header("Table 3: importance of the outlier-triggering channels (perplexity)", args, ctx,
-                     "python " + " ".join(map(shlex.quote, sys.argv)))
+    lines = c.header("Table 3: importance of the outlier-triggering channels (perplexity)", args, ctx)
     lines += c.table(["intervention", *args.datasets, "rows changed"],
                      [[r.name, *[c.fmt(r.ppl[d]) for d in args.datasets], r.detail] for r in rows])
     lines += ["", "OTCs: rows of the projection whose output channel is a channel-wise outlier (the rule above) that "

@@ -2,7 +2,6 @@
 
     python eval/table6_sd.py --out eval/results/table6_smollm2.md
 """
-import shlex
 import sys
 
 import _common as c
@@ -15,8 +14,7 @@ def run():
     args = c.parser(__doc__.splitlines()[0]).parse_args()
     ctx = c.setup(args)
     base, rows = table6_sd(ctx["loaded"].model, ctx["loaded"].tokenizer, args.datasets, ctx["ecfg"], KS, args.seed)
-    lines = c.header("Table 6: outlier vs random channel replacement at 6 / 4 / 2 SD (perplexity)", args, ctx,
-                     "python " + " ".join(map(shlex.quote, sys.argv)))
+    lines = c.header("Table 6: outlier vs random channel replacement at 6 / 4 / 2 SD (perplexity)", args, ctx)
     for d in args.datasets:
         lines += [f"## {d} (base model {c.fmt(base[d])})", ""]
         lines += c.table(["intervention (set to mean)", *[f"{k:g} SD" for k in KS], "channels hit (6 / 4 / 2 SD)"],

@@ -165,6 +165,20 @@ class ArchAdapter:
         return tuple(dict.fromkeys(p.module for p in projs[role]))
 
     # ---- module access -------------------------------------------------------------
+    def named_projections(self, model: nn.Module, roles=("qkv", "o", "mlp_in", "mlp_out"),
+                          layers: list[int] | None = None) -> list[tuple[str, nn.Module]]:
+        """(qualified name, module) of the projections with these roles, in the given layers
+        (None: all), each module once (GPT-2's fused c_attn serves q, k and v)."""
+        names = {id(m): n for n, m in model.named_modules()}
+        blocks = self.decoder_layers(model)
+        out = {}
+        for li in range(len(blocks)) if layers is None else layers:
+            for role in roles:
+                for path in self.modules(role):
+                    m = blocks[li].get_submodule(path)
+                    out[names[id(m)]] = m
+        return list(out.items())
+
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         return model.base_model.get_submodule(self.layers)
 

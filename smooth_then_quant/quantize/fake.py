@@ -22,15 +22,7 @@ _ATTR = "_smooth_then_quant_act_quant"
 
 def linear_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(qualified name, module) of every projection in the decoder layers (fused c_attn once)."""
-    adapter = adapter_for(model)
-    names = {id(m): n for n, m in model.named_modules()}
-    out = []
-    for layer in adapter.decoder_layers(model):
-        for role in ("qkv", "o", "mlp_in", "mlp_out"):
-            for path in adapter.modules(role):
-                m = layer.get_submodule(path)
-                out.append((names[id(m)], m))
-    return out
+    return adapter_for(model).named_projections(model)
 
 
 def _weight_view(module: nn.Module) -> torch.Tensor:

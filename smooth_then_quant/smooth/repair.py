@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 from ..arch import adapter_for, take_part
 from ..errors import SmoothQuantError
 from .plan import FlattenRows, Repair, SmoothingPlan
-from .runtime import attach_runtime_, detach_runtime_
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +46,8 @@ class RepairConfig:
 
 
 def target_modules(model: nn.Module, plan: SmoothingPlan, cfg: RepairConfig) -> list[str]:
-    adapter = adapter_for(model)
-    layers = adapter.decoder_layers(model)
-    names = {id(m): n for n, m in model.named_modules()}
-    chosen = range(len(layers)) if cfg.layers == "all" else \
-        sorted({i.layer for i in plan.interventions if hasattr(i, "layer")})
-    out = []
-    for li in chosen:
-        prefix = names[id(layers[li])]
-        for role in cfg.roles:
-            out += [f"{prefix}.{m}" for m in adapter.modules(role)]
-    return list(dict.fromkeys(out))
+    layers = None if cfg.layers == "all" else sorted({i.layer for i in plan.interventions if hasattr(i, "layer")})
+    return [name for name, _ in adapter_for(model).named_projections(model, cfg.roles, layers)]
 
 
 @torch.no_grad()
@@ -104,18 +94,17 @@ def repair_(model: nn.Module, teacher: nn.Module, input_ids: torch.Tensor, plan:
     teacher.eval()
     kl_before = kl_to(teacher, model, held)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    ops = detach_runtime_(model)  # peft swaps the target modules: hooks go back on the wrappers
+    # peft swaps the target modules for LoRA wrappers (and back when merging); the runtime hooks
+    # follow such swaps by themselves (runtime._Attachment), so they stay active throughout
     transposed = any(p.transposed for p in (*adapter.qkv.values(), *adapter.mlp_in, adapter.mlp_out))
     lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets, bias="none",
                       fan_in_fan_out=transposed)
     try:
         peft_model = get_peft_model(model, lcfg)
     except ImportError as e:  # e.g. peft with gptqmodel installed but no optimum
-        attach_runtime_(model, ops)
         raise SmoothQuantError(f"peft could not wrap the model for the repair: {e}. Install the missing package "
                                f"or disable smoothing.repair.") from None
     inner = peft_model.get_base_model()
-    attach_runtime_(inner, ops)
     penalties = _penalty_hooks(inner, plan, cfg)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -141,9 +130,7 @@ def repair_(model: nn.Module, teacher: nn.Module, input_ids: torch.Tensor, plan:
     finally:
         penalties.remove()
         inner.eval()
-        detach_runtime_(inner)
         merged = peft_model.merge_and_unload()
-        attach_runtime_(merged, ops)
         for n, p in merged.named_parameters():
             p.requires_grad_(flags.get(n, False))
     if merged is not model:  # peft injects in place and hands the same object back
