@@ -1,4 +1,4 @@
-"""What `smooth-quant RECIPE.yaml` runs: load -> probe -> detect -> smooth -> evaluate -> export."""
+"""What `smooth-quant RECIPE.yaml` runs: load -> probe -> detect -> smooth -> quantize -> evaluate -> export."""
 from __future__ import annotations
 
 import gc
@@ -14,9 +14,13 @@ from .evaluate.evidence import ppl_change, removed_share, state_evidence
 from .export import save_smoothed
 from .load import calibration_windows, load_model
 from .probe import ProbeConfig
-from .quantize import ActQuant, WeightQuant
+from .evaluate.table import FP, degradation_rows
+from .quantize import ActQuant, WeightQuant, detach_act_quant_
+from .quantize.gptq import GPTQConfig
+from .quantize.scheme import Scheme, quantize_, weight_key
 from .recipe import Recipe
 from .report import atomic_output_dir, check_output_dir, render_analysis, write_json, write_plots
+from .report.quantization import plot_quantization, render_quantization
 from .report.smoothing import plot_smoothing, render_smoothing
 from .smooth import (FlattenGammaConfig, FlattenOTCConfig, MigrateConfig, RemoveMassiveConfig, RepairConfig,
                      SearchTarget, SmoothingConfig, clone_model, plan_smoothing, repair_, smooth_)
@@ -34,8 +38,9 @@ def analysis_config(recipe: Recipe, progress: bool = True) -> AnalysisConfig:
     )
 
 
-def smoothing_config(recipe: Recipe, progress: bool = True) -> SmoothingConfig:
-    s = recipe.smoothing
+def smoothing_config(recipe: Recipe, progress: bool = True, section=None) -> SmoothingConfig:
+    """From recipe.smoothing, or from another smoothing section (quantization.paper)."""
+    s = recipe.smoothing if section is None else section
     rm, mg, t = s.remove_massive, s.migrate, s.migrate.target
     return SmoothingConfig(
         remove_massive=RemoveMassiveConfig(
@@ -50,8 +55,8 @@ def smoothing_config(recipe: Recipe, progress: bool = True) -> SmoothingConfig:
         batch_size=recipe.calibration.batch_size, progress=progress)
 
 
-def repair_config(recipe: Recipe, progress: bool = True) -> RepairConfig:
-    r = recipe.smoothing.repair
+def repair_config(recipe: Recipe, progress: bool = True, section=None) -> RepairConfig:
+    r = (recipe.smoothing if section is None else section).repair
     return RepairConfig(roles=tuple(r.roles), layers=r.layers, rank=r.rank, steps=r.steps, lr=r.lr,
                         batch_size=r.batch_size, seq_len=r.seq_len, penalty=r.penalty, heldout=r.heldout,
                         progress=progress)
@@ -60,6 +65,17 @@ def repair_config(recipe: Recipe, progress: bool = True) -> RepairConfig:
 def eval_config(recipe: Recipe, progress: bool = True) -> EvalConfig:
     e = recipe.evaluation
     return EvalConfig(e.seq_len, e.max_windows, e.batch_size, progress)
+
+
+def schemes(recipe: Recipe, progress: bool = True) -> list[Scheme]:
+    q, out = recipe.quantization, []
+    for name, sec in q.schemes.items():
+        w, a = sec.weights, sec.activations
+        weights = (GPTQConfig(w.bits, w.group_size, w.symmetric, w.act_order, w.damp, w.true_sequential,
+                              batch_size=q.batch_size, progress=progress) if w.method == "gptq"
+                   else WeightQuant(w.bits, w.group_size, w.symmetric))
+        out.append(Scheme(name, weights, None if a is None else ActQuant(a.bits, a.granularity, a.symmetric)))
+    return out
 
 
 # ---- stages ------------------------------------------------------------------------------------
@@ -96,8 +112,50 @@ def run_smoothing(recipe: Recipe, loaded, cal_ids, analysis, progress: bool = Tr
     for s in states[1:]:
         s["ppl_change"] = ppl_change(base, s)
         s["removed"] = removed_share(base, s)
-    return {"plan": plan, "model": smoothed, "states": states, "timing": timing,
+    return {"plan": plan, "model": smoothed, "states": states, "timing": timing, "cache": cache,
             "evaluation": {d: cache.windows(tok, d, ecfg)[1] for d in ev.datasets}}
+
+
+def paper_state(recipe: Recipe, loaded, cal_ids, analysis, progress: bool = True):
+    """The model smoothed the paper's way (recipe.quantization.paper), and what that was."""
+    sec = recipe.quantization.paper
+    plan = plan_smoothing(loaded.model, analysis, smoothing_config(recipe, progress, sec), cal_ids)
+    model = smooth_(clone_model(loaded.model), plan)
+    if sec.repair.enabled:
+        repair_(model, loaded.model, cal_ids, plan, repair_config(recipe, progress, sec))
+    what = "; ".join(f"{r['kind']} ({r['count']} edits, {'exact' if r['exact'] else 'lossy'})"
+                     for r in plan.summary()) or "empty plan"
+    return model, what
+
+
+def run_quantization(recipe: Recipe, loaded, cal_ids, states: dict, cache: PerplexityCache,
+                     progress: bool = True) -> dict:
+    """{FP, every scheme} x every state (name -> (model, description)) on every evaluation dataset."""
+    tok, ev = loaded.tokenizer, recipe.evaluation
+    ecfg, plan = eval_config(recipe, progress), schemes(recipe, progress)
+    ppl, weights = {}, {}
+    for state, (model, _) in states.items():
+        ppl[(FP, state)] = {d: cache.perplexity(model, tok, d, ecfg, desc=f"FP {state}: {d}") for d in ev.datasets}
+        by_weights: dict[tuple, list[Scheme]] = {}
+        for sc in plan:
+            by_weights.setdefault(weight_key(sc), []).append(sc)
+        for group in by_weights.values():
+            q = clone_model(model)
+            log.info("quantizing weights of the %s model: %s", state, group[0].describe())
+            rep = quantize_(q, group[0], cal_ids, progress=progress)
+            weights[f"{state} / {'+'.join(sc.name for sc in group)}"] = rep["weights"]
+            for sc in group:
+                if sc.activations is not None:
+                    quantize_(q, sc, cal_ids, weights_done=True, progress=progress)
+                ppl[(sc.name, state)] = {d: cache.perplexity(q, tok, d, ecfg, state=repr(sc.activations),
+                                                             desc=f"{sc.name} {state}: {d}") for d in ev.datasets}
+                detach_act_quant_(q)
+            del q
+            gc.collect()
+    names = list(states)
+    return {"datasets": list(ev.datasets), "rows": degradation_rows(ppl, [sc.name for sc in plan], names, ev.datasets),
+            "schemes": [sc.to_dict() for sc in plan], "states": {k: v[1] for k, v in states.items()},
+            "weights": weights, "evaluation": {d: cache.windows(tok, d, ecfg)[1] for d in ev.datasets}}
 
 
 def run(recipe: Recipe, progress: bool = True) -> Path:
@@ -126,6 +184,20 @@ def run(recipe: Recipe, progress: bool = True) -> Path:
         report["smoothing"] = {"plan": smoothing["plan"].to_dict(), "states": smoothing["states"],
                                "evaluation": smoothing["evaluation"]}
         report["timing"].update(smoothing["timing"])
+    if recipe.quantization.enabled:
+        t2 = time.perf_counter()
+        states = {"baseline": (loaded.model, "the model as loaded")}
+        if "paper" in recipe.quantization.compare:
+            states["paper"] = paper_state(recipe, loaded, input_ids, analysis, progress)
+        if "smoothed" in recipe.quantization.compare:
+            if smoothing:
+                states["smoothed"] = (smoothing["model"], "the recipe's smoothing: " + "; ".join(
+                    r["kind"] for r in smoothing["plan"].summary()))
+            else:
+                log.warning("quantization.compare lists 'smoothed' but smoothing.enabled is false: row skipped")
+        cache = smoothing["cache"] if smoothing else PerplexityCache()
+        report["quantization"] = run_quantization(recipe, loaded, input_ids, states, cache, progress)
+        report["timing"]["quantization_seconds"] = round(time.perf_counter() - t2, 1)
     with atomic_output_dir(out, recipe.overwrite) as tmp:
         report["plots"] = write_plots(analysis, tmp) if recipe.analysis.plots else []
         report["massive_activations"] = report["analysis"]["massive_activations"]
@@ -140,6 +212,10 @@ def run(recipe: Recipe, progress: bool = True) -> Path:
                 save_smoothed(smoothing["model"], loaded.tokenizer, smoothing["plan"], tmp / "model")
                 report["export"] = {"model": "model/"}
             md += "\n" + render_smoothing(report)
+        if "quantization" in report:
+            if recipe.analysis.plots:
+                report["plots"].append(plot_quantization(report["quantization"], tmp / "quantization.png").name)
+            md += "\n" + render_quantization(report)
         write_json(tmp / "report.json", report)
         (tmp / "report.md").write_text(md, encoding="utf-8")
     log.info("outputs written to %s", out)

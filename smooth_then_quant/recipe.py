@@ -5,11 +5,13 @@
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import SmoothQuantError
 
@@ -111,6 +113,60 @@ class SmoothingSection(Section):
     repair: RepairSection = RepairSection()
 
 
+PAPER_SMOOTHING = {"remove_massive": {"enabled": True}, "migrate": {"norm": "none", "down": False}}
+
+
+class WeightsSection(Section):
+    method: Literal["gptq", "rtn"] = "gptq"
+    bits: Literal[2, 3, 4, 8] = 4
+    group_size: int = Field(128, ge=-1)  # -1: per channel; uneven last groups are handled (see README)
+    symmetric: bool = True
+    act_order: Literal["off", "desc", "group_aware"] = "off"  # GPTQ only
+    damp: float = Field(0.05, gt=0, lt=1)  # GPTQ only
+    true_sequential: bool = True  # GPTQ only
+
+    @field_validator("group_size")
+    @classmethod
+    def _nonzero(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("group_size must be -1 (per channel) or a positive group width such as 64 or 128")
+        return v
+
+
+class ActivationsSection(Section):
+    bits: int = Field(8, ge=2, le=16)
+    granularity: Literal["per_token", "per_tensor"] = "per_tensor"  # per_token: dynamic; per_tensor: static
+    symmetric: bool = True
+
+
+class SchemeSection(Section):
+    weights: WeightsSection = WeightsSection()
+    activations: ActivationsSection | None = None  # null: A16 (weights only)
+
+
+DEFAULT_SCHEMES = {
+    "W4A16": {"weights": {"bits": 4}},
+    "W8A8": {"weights": {"bits": 8, "group_size": -1}, "activations": {"granularity": "per_token"}},
+    "W4A8": {"weights": {"bits": 4}, "activations": {"granularity": "per_tensor"}},
+}
+
+
+class QuantizationSection(Section):
+    """The table: FP and every scheme x every compared smoothing state."""
+    enabled: bool = False
+    schemes: dict[str, SchemeSection] = {k: SchemeSection.model_validate(v) for k, v in DEFAULT_SCHEMES.items()}
+    compare: list[Literal["baseline", "paper", "smoothed"]] = ["baseline", "paper", "smoothed"]
+    paper: SmoothingSection = SmoothingSection.model_validate(PAPER_SMOOTHING)  # the paper's smoothing, as run
+    batch_size: int = Field(4, ge=1)  # calibration windows per GPTQ forward
+
+    @field_validator("compare")
+    @classmethod
+    def _baseline_first(cls, v: list[str]) -> list[str]:
+        if "baseline" not in v:
+            raise ValueError("compare must include baseline (the reference of 'degradation reduced')")
+        return list(dict.fromkeys(["baseline", *v]))
+
+
 class EvaluationSection(Section):
     datasets: list[str] = ["offline"]  # offline | wikitext2 | c4 | path to .txt/.jsonl
     seq_len: int = Field(2048, ge=2)
@@ -130,6 +186,7 @@ class Recipe(Section):
     calibration: CalibrationSection = CalibrationSection()
     analysis: AnalysisSection = AnalysisSection()
     smoothing: SmoothingSection = SmoothingSection(enabled=False)
+    quantization: QuantizationSection = QuantizationSection()
     evaluation: EvaluationSection = EvaluationSection()
     export: ExportSection = ExportSection()
     output_dir: str
@@ -211,13 +268,23 @@ def _explain(err: dict) -> str:
 
 
 def _fields_at(loc: list[str]) -> list[str]:
-    model: Any = Recipe
+    """The keys allowed at a location (through sections, optional sections and name -> section maps)."""
+    ann: Any = Recipe
     for part in loc:
-        field = model.model_fields.get(part)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        if typing.get_origin(ann) is dict:
+            ann = typing.get_args(ann)[1]  # `part` is a user-chosen name (e.g. a scheme)
+            continue
+        field = ann.model_fields.get(part) if _is_section(ann) else None
+        if field is None:
             return []
-        model = field.annotation
-    return list(model.model_fields)
+        ann = field.annotation
+        if typing.get_origin(ann) in (typing.Union, types.UnionType):
+            ann = next((a for a in typing.get_args(ann) if _is_section(a)), None)
+    return list(ann.model_fields) if _is_section(ann) else []
+
+
+def _is_section(ann) -> bool:
+    return isinstance(ann, type) and issubclass(ann, BaseModel)
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -6,6 +6,7 @@ import pytest
 from planting import save_tiny
 from smooth_then_quant.cli import main
 from smooth_then_quant.evaluate import evaluation_windows, perplexity
+from smooth_then_quant.evaluate.table import MIN_DEGRADATION
 from smooth_then_quant.load import load_model
 from smooth_then_quant.smooth import runtime_ops
 
@@ -66,3 +67,36 @@ def test_repair_run_shows_what_the_repair_wins_back(tmp_path, tiny_folder):
     rep = [i for i in sm["plan"]["interventions"] if i["kind"] == "repair"]
     assert len(rep) == 1 and rep[0]["result"]["steps"] == 3 and rep[0]["modules"]
     assert "repair_seconds" in report["timing"]
+
+
+@pytest.fixture(scope="module")
+def sensitive_folder(tmp_path_factory):
+    """Larger random weights: predictions depend on them, so 4-bit quantization shows in perplexity."""
+    folder = tmp_path_factory.mktemp("models") / "tiny-llama-sensitive"
+    save_tiny(folder, "llama", init=0.05)
+    return folder
+
+
+def test_quantization_table_has_every_row(tmp_path, sensitive_folder):
+    out, report = run(tmp_path, sensitive_folder, ["quantization.enabled=true"])
+    q = report["quantization"]
+    got = {(r["scheme"], r["state"]) for r in q["rows"]}
+    assert got == {(s, st) for s in ("FP", "W4A16", "W8A8", "W4A8") for st in ("baseline", "paper", "smoothed")}
+    fp = next(r for r in q["rows"] if r["scheme"] == "FP" and r["state"] == "baseline")["ppl"]["offline"]
+    for r in q["rows"]:
+        assert r["delta_ppl"]["offline"] == pytest.approx(r["ppl"]["offline"] - fp)
+        if r["scheme"] != "FP" and r["state"] != "baseline":
+            base = next(b for b in q["rows"] if b["scheme"] == r["scheme"] and b["state"] == "baseline")
+            if base["delta_ppl"]["offline"] > MIN_DEGRADATION * fp:
+                assert r["degradation_reduced"]["offline"] == pytest.approx(
+                    1 - r["delta_ppl"]["offline"] / base["delta_ppl"]["offline"])
+    smoothed_fp = next(r for r in q["rows"] if r["scheme"] == "FP" and r["state"] == "smoothed")
+    assert smoothed_fp["ppl"]["offline"] == pytest.approx(fp, rel=1e-4)  # the recipe's smoothing is exact
+    w4a16, w4a8 = ({r["state"]: r["ppl"]["offline"] for r in q["rows"] if r["scheme"] == s} for s in ("W4A16", "W4A8"))
+    assert w4a16 != w4a8  # activation quantization is applied (and not served from the W4A16 cache entry)
+    assert len(q["weights"]) == 6  # W4A16 and W4A8 share one GPTQ run per state: 2 weight configs x 3 states
+    md = (out / "report.md").read_text()
+    assert "## Quantization" in md and "W8A8" in md and "per-tensor static" in md
+    w4 = next(r for r in q["rows"] if r["scheme"] == "W4A8" and r["state"] == "baseline")
+    assert w4["delta_ppl"]["offline"] > MIN_DEGRADATION * fp  # the model is sensitive enough to compare states
+    assert (out / "quantization.png").stat().st_size > 10_000

@@ -1,5 +1,5 @@
 from .fake import attach_act_quant_, calibrate_ranges, detach_act_quant_, linear_modules, rtn_weights_
-from .rtn import ActQuant, WeightQuant, act_range, check_groups, fake_quant_act, fake_quant_weight
+from .rtn import ActQuant, WeightQuant, act_range, uneven_groups, fake_quant_act, fake_quant_weight
 
 __all__ = ["attach_act_quant_", "calibrate_ranges", "detach_act_quant_", "linear_modules", "rtn_weights_",
-           "ActQuant", "WeightQuant", "act_range", "check_groups", "fake_quant_act", "fake_quant_weight"]
+           "ActQuant", "WeightQuant", "act_range", "uneven_groups", "fake_quant_act", "fake_quant_weight"]

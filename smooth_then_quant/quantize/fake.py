@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..arch import adapter_for
-from .rtn import ActQuant, WeightQuant, check_groups, fake_quant_act, fake_quant_weight
+from .rtn import ActQuant, WeightQuant, fake_quant_act, fake_quant_weight
 
 _ATTR = "_smooth_then_quant_act_quant"
 
@@ -25,7 +25,7 @@ def linear_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return adapter_for(model).named_projections(model)
 
 
-def _weight_view(module: nn.Module) -> torch.Tensor:
+def weight_view(module: nn.Module) -> torch.Tensor:
     """[out, in] view of a Linear or a Conv1D (GPT-2 stores [in, out])."""
     w = module.weight
     return w if isinstance(module, nn.Linear) else w.t()
@@ -33,11 +33,8 @@ def _weight_view(module: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def rtn_weights_(model: nn.Module, q: WeightQuant) -> None:
-    mods = linear_modules(model)
-    for name, m in mods:  # refuse before touching anything
-        check_groups(_weight_view(m).shape[1], q.group_size, name)
-    for _, m in mods:
-        w = _weight_view(m)
+    for _, m in linear_modules(model):
+        w = weight_view(m)
         w.copy_(fake_quant_weight(w, q))
 
 

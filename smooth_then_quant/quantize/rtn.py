@@ -42,33 +42,32 @@ class ActQuant:
 
 def _round_trip(x: torch.Tensor, bits: int, symmetric: bool, amin: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
     """Quantize x with ranges [amin, amax] (broadcastable to x) and dequantize."""
+    amin, amax = amin.clamp(max=0), amax.clamp(min=0)
     if symmetric:
         qmax = 2 ** (bits - 1) - 1
         scale = torch.maximum(amax.abs(), amin.abs()).clamp(min=1e-8) / qmax
         return (x / scale).round().clamp(-qmax - 1, qmax) * scale
     qmax = 2**bits - 1
-    amin, amax = amin.clamp(max=0), amax.clamp(min=0)
     scale = (amax - amin).clamp(min=1e-8) / qmax
     zero = (-amin / scale).round()
     return ((x / scale).round() + zero).clamp(0, qmax).sub(zero) * scale
 
 
-def check_groups(in_features: int, group_size: int, name: str = "weight") -> None:
-    if group_size != -1 and in_features % group_size:
-        divisors = [g for g in (32, 64, 96, 128, 192, 256) if in_features % g == 0]
-        raise SmoothQuantError(
-            f"group_size {group_size} does not divide the {in_features} input channels of {name}; "
-            f"use a divisor ({', '.join(map(str, divisors)) or 'none of the usual sizes'}) or -1 (per channel).")
+def uneven_groups(in_features: int, group_size: int) -> int:
+    """Width of the shorter last group when group_size does not divide in_features (0: even).
+    Such layers are quantized with ceil(in / g) groups, the last one shorter, as GPTQ and
+    GPTQModel do (g_idx = column // g); some fused kernels refuse them (the report says so)."""
+    return 0 if group_size == -1 or in_features < group_size else in_features % group_size
 
 
 def fake_quant_weight(w: torch.Tensor, q: WeightQuant) -> torch.Tensor:
     """w: [out, in] -> RTN round trip, same shape and dtype."""
     out_f, in_f = w.shape
     g = in_f if q.group_size == -1 else q.group_size
-    check_groups(in_f, g)
-    x = w.float().reshape(out_f, in_f // g, g)  # [out, groups, g]
+    pad = -in_f % g  # zero columns never change a range that always holds 0
+    x = torch.nn.functional.pad(w.float(), (0, pad)).reshape(out_f, -1, g)  # [out, groups, g]
     y = _round_trip(x, q.bits, q.symmetric, x.amin(-1, keepdim=True), x.amax(-1, keepdim=True))
-    return y.reshape(out_f, in_f).to(w.dtype)
+    return y.reshape(out_f, in_f + pad)[:, :in_f].to(w.dtype)
 
 
 def act_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

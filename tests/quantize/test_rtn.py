@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from smooth_then_quant import SmoothQuantError
-from smooth_then_quant.quantize import ActQuant, WeightQuant, fake_quant_act, fake_quant_weight
+from smooth_then_quant.quantize import ActQuant, WeightQuant, fake_quant_act, fake_quant_weight, uneven_groups
 
 
 def test_per_token_int8_by_hand():
@@ -28,7 +28,17 @@ def test_weight_groups_and_asymmetric():
     assert torch.allclose(q, w)  # each group is exactly on its 4-level grid
     per_channel = fake_quant_weight(w, WeightQuant(2, -1, symmetric=False))
     assert (per_channel - w).abs().max() > 1  # one range for the whole row loses the small group
-    with pytest.raises(SmoothQuantError, match="does not divide"):
-        fake_quant_weight(torch.zeros(2, 576), WeightQuant(4, 128))
     with pytest.raises(SmoothQuantError, match="bits"):
         WeightQuant(bits=1)
+
+
+def test_uneven_groups_get_a_shorter_last_group():
+    """576 channels in groups of 128: four groups of 128 and one of 64, as GPTQ formats index them."""
+    w = torch.randn(3, 576, generator=torch.Generator().manual_seed(0))
+    w[:, 540] = 50.0  # an outlier in the last group must not widen the ranges of the others
+    for sym in (True, False):
+        q = WeightQuant(4, 128, symmetric=sym)
+        got = fake_quant_weight(w, q)
+        parts = [fake_quant_weight(w[:, s: s + 128], WeightQuant(4, -1, symmetric=sym)) for s in range(0, 576, 128)]
+        assert torch.equal(got, torch.cat(parts, 1))
+    assert uneven_groups(576, 128) == 64 and uneven_groups(576, 64) == 0 and uneven_groups(576, -1) == 0
