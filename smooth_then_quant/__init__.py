@@ -10,6 +10,7 @@ Python API (each stage a function with a typed config; functions ending in _ mod
     plan = plan_smoothing(loaded.model, analysis, SmoothingConfig(), ids)
     smooth_(loaded.model, plan)
     export_smoothed(loaded.model, loaded.tokenizer, plan, "smoothed-model")
+    quantize_(loaded.model, Scheme("W4A8", GPTQConfig(bits=4, group_size=128), ActQuant(8, "per_tensor")), ids)
 """
 __version__ = "0.1.0"
 
@@ -21,11 +22,13 @@ from .evaluate import EvalConfig, evaluation_windows, perplexity  # noqa: E402
 from .export import export_smoothed  # noqa: E402
 from .load import calibration_windows, load_model, load_text  # noqa: E402
 from .probe import ProbeConfig, probe  # noqa: E402
+from .quantize import ActQuant, GPTQConfig, Scheme, WeightQuant, gptq_, preset_schemes, quantize_  # noqa: E402
 from .smooth import (MigrateConfig, RemoveMassiveConfig, RepairConfig, SmoothingConfig, SmoothingPlan,  # noqa: E402
                      plan_smoothing, repair_, smooth_)
 
 __all__ = ["Analysis", "AnalysisConfig", "analyze", "detect", "adapter_for", "supported_model_types", "ChannelRule",
            "MassiveRule", "SmoothQuantError", "EvalConfig", "evaluation_windows", "perplexity", "export_smoothed",
-           "calibration_windows", "load_model", "load_text", "ProbeConfig", "probe", "MigrateConfig",
+           "calibration_windows", "load_model", "load_text", "ProbeConfig", "probe", "ActQuant", "GPTQConfig",
+           "Scheme", "WeightQuant", "gptq_", "preset_schemes", "quantize_", "MigrateConfig",
            "RemoveMassiveConfig", "RepairConfig", "SmoothingConfig", "SmoothingPlan", "plan_smoothing", "repair_",
            "smooth_", "__version__"]

@@ -72,7 +72,8 @@ def schemes(recipe: Recipe, progress: bool = True) -> list[Scheme]:
     for name, sec in q.schemes.items():
         w, a = sec.weights, sec.activations
         weights = (GPTQConfig(w.bits, w.group_size, w.symmetric, w.act_order, w.damp, w.true_sequential,
-                              batch_size=q.batch_size, progress=progress) if w.method == "gptq"
+                              batch_size=q.batch_size, backend=q.gptq_backend, progress=progress)
+                   if w.method == "gptq"
                    else WeightQuant(w.bits, w.group_size, w.symmetric))
         out.append(Scheme(name, weights, None if a is None else ActQuant(a.bits, a.granularity, a.symmetric)))
     return out
@@ -142,7 +143,7 @@ def run_quantization(recipe: Recipe, loaded, cal_ids, states: dict, cache: Perpl
         for group in by_weights.values():
             q = clone_model(model)
             log.info("quantizing weights of the %s model: %s", state, group[0].describe())
-            rep = quantize_(q, group[0], cal_ids, progress=progress)
+            rep = quantize_(q, group[0], cal_ids, tokenizer=tok, progress=progress)
             weights[f"{state} / {'+'.join(sc.name for sc in group)}"] = rep["weights"]
             for sc in group:
                 if sc.activations is not None:

@@ -125,6 +125,11 @@ class WeightsSection(Section):
     damp: float = Field(0.05, gt=0, lt=1)  # GPTQ only
     true_sequential: bool = True  # GPTQ only
 
+    @field_validator("act_order", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        return "off" if v is False else v  # YAML 1.1 reads an unquoted `off` as false
+
     @field_validator("group_size")
     @classmethod
     def _nonzero(cls, v: int) -> int:
@@ -158,6 +163,7 @@ class QuantizationSection(Section):
     compare: list[Literal["baseline", "paper", "smoothed"]] = ["baseline", "paper", "smoothed"]
     paper: SmoothingSection = SmoothingSection.model_validate(PAPER_SMOOTHING)  # the paper's smoothing, as run
     batch_size: int = Field(4, ge=1)  # calibration windows per GPTQ forward
+    gptq_backend: Literal["builtin", "gptqmodel"] = "builtin"  # builtin: faster on CPU, same PPL (bench/)
 
     @field_validator("compare")
     @classmethod

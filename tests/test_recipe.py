@@ -53,3 +53,13 @@ def test_bad_files_and_overrides(tmp_path):
         load_recipe(write(tmp_path, "output_dir: o\n"), ["calibration.samples"])
     with pytest.raises(SmoothQuantError, match="is a value, not a section"):
         load_recipe(write(tmp_path, "output_dir: o\nmodel: default\n"), ["model.name=x"])
+
+
+def test_unquoted_off_means_act_order_off(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("output_dir: x\nquantization:\n  schemes:\n    W4A16:\n      weights: {act_order: off}\n")
+    assert load_recipe(p).quantization.schemes["W4A16"].weights.act_order == "off"
+    assert load_recipe(p, ["quantization.schemes.W4A16.weights.act_order=desc"]
+                       ).quantization.schemes["W4A16"].weights.act_order == "desc"
+    with pytest.raises(SmoothQuantError, match="act_order.*'off', 'desc' or 'group_aware'"):
+        load_recipe(p, ["quantization.schemes.W4A16.weights.act_order=on"])

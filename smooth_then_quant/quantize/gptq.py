@@ -15,7 +15,6 @@ a shorter last group when group_size does not divide the input width, "desc" and
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -43,6 +42,7 @@ class GPTQConfig:
     true_sequential: bool = True  # q/k/v -> o -> gate/up -> down, re-collecting inputs after each
     block_size: int = 128
     batch_size: int = 4
+    backend: Literal["builtin", "gptqmodel"] = "builtin"  # gptqmodel: quantize.gptqmodel.gptqmodel_
     progress: bool = True
 
     def __post_init__(self):
@@ -54,6 +54,8 @@ class GPTQConfig:
             raise SmoothQuantError(f"damp must be in (0, 1) (got {self.damp}); 0.01-0.1 is usual.")
         if self.act_order not in ("off", "desc", "group_aware"):
             raise SmoothQuantError(f"act_order must be off, desc or group_aware (got {self.act_order!r}).")
+        if self.backend not in ("builtin", "gptqmodel"):
+            raise SmoothQuantError(f"GPTQ backend must be builtin or gptqmodel (got {self.backend!r}).")
         if self.act_order == "group_aware" and self.group_size == -1:
             raise SmoothQuantError("act_order group_aware needs groups; set group_size > 0 or act_order desc.")
 
@@ -93,9 +95,9 @@ def column_order(h_diag: torch.Tensor, group_size: int, act_order: ActOrder) -> 
     return None
 
 
-def gptq_solve(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, float]:
-    """w: [out, in], h: [in, in] (2/N Σ xᵀx) -> (dequantized Q: [out, in], summed squared error
-    weighted by H, GPTQ's own loss)."""
+def gptq_solve(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """w: [out, in], h: [in, in] (2/N Σ xᵀx) -> (dequantized Q: [out, in], GPTQ's loss per row: [out]).
+    Rows are independent given H, so projections sharing an input may be solved stacked."""
     w, h = w.float().clone(), h.clone()
     out_f, in_f = w.shape
     dead = torch.diag(h) == 0
@@ -121,15 +123,14 @@ def gptq_solve(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[torch
             col = w1[:, i]
             qc = quant_dequant(col[:, None], scale, zero, cfg.bits)[:, 0]
             q[:, c] = qc
-            d = hinv1[i, i]
-            losses += (col - qc) ** 2 / d**2 / 2
-            e = (col - qc) / d
-            w1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]
+            e = (col - qc) / hinv1[i, i]
+            w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1)
             err1[:, i] = e
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+        losses += err1.pow(2).sum(1) / 2  # (w - q)² / d² / 2 per column, as GPTQ's Losses
+        w[:, i2:].addmm_(err1, hinv[i1:i2, i2:], alpha=-1)
     if perm is not None:
         q = q[:, torch.argsort(perm)]
-    return q, float(losses.sum())
+    return q, losses
 
 
 class Hessian:
@@ -142,10 +143,8 @@ class Hessian:
     def add(self, x: torch.Tensor) -> None:  # x: [..., in]
         x = x.detach().reshape(-1, x.shape[-1]).float()
         m = x.shape[0]
-        self.h *= self.n / (self.n + m)
+        self.h.addmm_(x.t(), x, beta=self.n / (self.n + m), alpha=2 / (self.n + m))
         self.n += m
-        x = x * math.sqrt(2 / self.n)
-        self.h += x.t() @ x
 
 
 # ---- the model-level verb ------------------------------------------------------------------------
@@ -238,11 +237,13 @@ def gptq_(model: nn.Module, ids: torch.Tensor, cfg: GPTQConfig = GPTQConfig()) -
         for roles in subsets:
             paths = list(dict.fromkeys(p for r in roles for p in adapter.modules(r)))
             hess = _collect_hessians(layer, paths, hidden, extra[li])
-            for p in paths:
-                w = weight_view(layer.get_submodule(p))
-                q, loss = gptq_solve(w, hess[p].h, cfg)
-                w.copy_(q.to(w.dtype))
-                modules.append({"layer": li, "module": p, "loss": loss})
+            for shared in {id(h): [p for p in paths if hess[p] is h] for h in hess.values()}.values():
+                ws = [weight_view(layer.get_submodule(p)) for p in shared]  # same input: one stacked solve
+                q, loss = gptq_solve(torch.cat(ws), hess[shared[0]].h, cfg)
+                for p, w, qp, lp in zip(shared, ws, q.split([w.shape[0] for w in ws]),
+                                        loss.split([w.shape[0] for w in ws])):
+                    w.copy_(qp.to(w.dtype))
+                    modules.append({"layer": li, "module": p, "loss": float(lp.sum())})
         hidden = _run_layer(layer, hidden, extra[li])  # quantized layer's output feeds the next
     return {"config": cfg.__dict__ | {"progress": None}, "seconds": round(time.perf_counter() - t0, 1),
             "calibration": list(ids.shape), "modules": modules}

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
+from ..errors import SmoothQuantError
 from .fake import attach_act_quant_, linear_modules, rtn_weights_, weight_view
 from .gptq import GPTQConfig, gptq_
 from .rtn import ActQuant, WeightQuant, uneven_groups
@@ -36,6 +37,8 @@ class Scheme:
               + (" sym" if w.symmetric else " asym"))
         if isinstance(w, GPTQConfig) and w.act_order != "off":
             wq += f" act-order {w.act_order}"
+        if isinstance(w, GPTQConfig) and w.backend != "builtin":
+            wq += f" ({w.backend})"
         a = self.activations
         aq = "A16" if a is None else (f"A{a.bits} " + ("per-token dynamic" if a.granularity == "per_token"
                                                        else "per-tensor static"))
@@ -63,10 +66,17 @@ def weight_key(scheme: Scheme) -> tuple:
 
 
 @torch.no_grad()
-def quantize_weights_(model: nn.Module, weights: GPTQConfig | WeightQuant, ids: torch.Tensor) -> dict:
+def quantize_weights_(model: nn.Module, weights: GPTQConfig | WeightQuant, ids: torch.Tensor, tokenizer=None
+                      ) -> dict:
     t0 = time.perf_counter()
     uneven = {n: uneven_groups(weight_view(m).shape[1], weights.group_size) for n, m in linear_modules(model)}
-    if isinstance(weights, GPTQConfig):
+    if isinstance(weights, GPTQConfig) and weights.backend == "gptqmodel":
+        from .gptqmodel import gptqmodel_
+
+        if tokenizer is None:
+            raise SmoothQuantError("the gptqmodel backend writes the model to disk for GPTQModel: pass the tokenizer")
+        rep = gptqmodel_(model, tokenizer, ids, weights)
+    elif isinstance(weights, GPTQConfig):
         rep = gptq_(model, ids, weights)
         rep.pop("modules")
     else:
@@ -82,12 +92,13 @@ def quantize_weights_(model: nn.Module, weights: GPTQConfig | WeightQuant, ids: 
 
 
 def quantize_(model: nn.Module, scheme: Scheme, ids: torch.Tensor, *, weights_done: bool = False,
-              progress: bool = True) -> dict:
+              tokenizer=None, progress: bool = True) -> dict:
     """Apply `scheme` in place: weights (unless `weights_done`, i.e. already quantized with the same
-    weight config), then activation quantizers calibrated on `ids` [N, T]. Returns a report."""
+    weight config), then activation quantizers calibrated on `ids` [N, T]. Returns a report.
+    `tokenizer` is needed only by the gptqmodel backend (it loads the model from disk)."""
     rep = {"scheme": scheme.to_dict()}
     if not weights_done:
-        rep["weights"] = quantize_weights_(model, scheme.weights, ids)
+        rep["weights"] = quantize_weights_(model, scheme.weights, ids, tokenizer)
     if scheme.activations is not None:
         attach_act_quant_(model, scheme.activations, ids, progress=progress)
     return rep

@@ -33,3 +33,37 @@ def test_runtime_removal_is_active_during_gptq_calibration(tmp_path, monkeypatch
                     batch_size=1)
     assert seen, "the runtime hook never ran during GPTQ calibration"
     assert max(b for b, _ in seen) > 1000 and max(a for _, a in seen) < 100  # it saw the TMA and removed it
+
+
+def test_builtin_gptq_matches_gptqmodel_and_the_wrapper_keeps_smoothing(tmp_path, monkeypatch):
+    """Same model, data and config: our solver lands on GPTQModel's grid points for (nearly) every
+    weight of the first projections, and the model outputs agree. The gptqmodel backend wrapper
+    runs our runtime removal during GPTQModel's calibration."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import smooth_then_quant.smooth.runtime as rt
+    from smooth_then_quant.load import load_model
+    from smooth_then_quant.quantize.fake import weight_view
+    from smooth_then_quant.quantize.gptq import GPTQConfig, gptq_
+    from smooth_then_quant.quantize.gptqmodel import gptqmodel_
+    from smooth_then_quant.smooth import MassiveRemoval, attach_runtime_, clone_model
+
+    save_tiny(tmp_path / "m", "llama", init=0.05)
+    loaded = load_model(str(tmp_path / "m"))
+    attach_runtime_(loaded.model, [MassiveRemoval(1, "y6", (5,), "mean")])
+    ids = torch.randint(11, 128, (8, 32), generator=torch.Generator().manual_seed(0))
+    ids[:, 0] = 10
+    cfg = GPTQConfig(bits=4, group_size=32, batch_size=1, progress=False)
+    ours, theirs = clone_model(loaded.model), clone_model(loaded.model)
+    gptq_(ours, ids, cfg)
+    seen = []
+    real = rt.remove_massive
+    monkeypatch.setattr(rt, "remove_massive", lambda y, op: seen.append(1) or real(y, op))
+    rep = gptqmodel_(theirs, loaded.tokenizer, ids, cfg)
+    assert seen and rep["backend"] == "gptqmodel"
+    q0 = "model.layers.0.self_attn.q_proj"
+    a, b = (weight_view(m.get_submodule(q0)) for m in (ours, theirs))
+    # GPTQModel stores fp16 scales: equal up to that rounding, except where one grid step flipped
+    assert ((a - b).abs() <= 0.01 * a.abs() + 1e-6).float().mean() > 0.95
+    with torch.no_grad():
+        la, lb, lf = (m(input_ids=ids).logits for m in (ours, theirs, loaded.model))
+    assert (lf - la).norm() < 1.1 * (lf - lb).norm()  # no further from the float model than GPTQModel

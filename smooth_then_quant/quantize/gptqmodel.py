@@ -1,0 +1,78 @@
+"""GPTQ through GPTQModel (the reference backend; `quantization.gptq_backend: gptqmodel`).
+
+    report = gptqmodel_(model, tokenizer, calibration_ids, GPTQConfig(4, 128), keep="out/gptq")
+
+GPTQModel loads models from disk and cannot run a model right after `quantize()` (finished
+layers are offloaded to meta tensors), so this wrapper: writes the (smoothed) float model to a
+temporary folder, loads it with GPTQModel, re-attaches our runtime smoothing hooks (they follow
+GPTQModel's module swaps, so they are active while it calibrates), quantizes, saves the GPTQ
+checkpoint, reloads it with GPTQModel's plain torch kernel and copies the dequantized weights back
+into `model`. `keep` keeps the GPTQ-format checkpoint (transformers / vLLM load it).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..arch import adapter_for
+from ..errors import SmoothQuantError
+from ..smooth.runtime import attach_runtime_, runtime_ops
+from .fake import weight_view
+from .gptq import GPTQConfig
+
+
+def quantize_config(cfg: GPTQConfig):
+    from gptqmodel import QuantizeConfig
+
+    return QuantizeConfig(bits=cfg.bits, group_size=cfg.group_size, sym=cfg.symmetric,
+                          desc_act=cfg.act_order == "desc", act_group_aware=cfg.act_order == "group_aware",
+                          damp_percent=cfg.damp, true_sequential=cfg.true_sequential)
+
+
+def _import_gptqmodel():
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(os.cpu_count() or 1, 2)))  # it stops on 2 cores without
+    try:
+        import gptqmodel
+    except ImportError as e:
+        raise SmoothQuantError(f"gptq_backend gptqmodel needs GPTQModel ({e}); scripts/setup.sh installs it, or set "
+                               "quantization.gptq_backend: builtin.") from None
+    return gptqmodel
+
+
+@torch.no_grad()
+def gptqmodel_(model: nn.Module, tokenizer, ids: torch.Tensor, cfg: GPTQConfig, keep: str | Path | None = None
+               ) -> dict:
+    """Quantize `model` in place (dequantized float weights) with GPTQModel. ids: [N, T]."""
+    gm = _import_gptqmodel()
+    ops = runtime_ops(model)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="stq-gptqmodel-") as work:
+        os.environ.setdefault("HF_HOME", str(Path(work) / "hf"))  # its tokenizer helper writes under HF_HOME
+        src, dst = Path(work) / "float", Path(work) / "gptq"
+        model.save_pretrained(src, safe_serialization=True)  # hooks are not state: the float weights only
+        tokenizer.save_pretrained(src)
+        qmodel = gm.GPTQModel.load(str(src), quantize_config(cfg), device="cpu")
+        if ops:
+            attach_runtime_(qmodel.model, ops)
+        qmodel.quantize([{"input_ids": r[None], "attention_mask": torch.ones(1, r.numel(), dtype=torch.long)}
+                         for r in ids], batch_size=cfg.batch_size)
+        t_quant = time.perf_counter() - t0
+        qmodel.save(str(dst))
+        del qmodel
+        reloaded = gm.GPTQModel.load(str(dst), backend=gm.BACKEND.TORCH, device="cpu").model
+        theirs = dict(adapter_for(reloaded).named_projections(reloaded))
+        for name, m in adapter_for(model).named_projections(model):
+            if name not in theirs or not hasattr(theirs[name], "dequantize_weight"):
+                raise SmoothQuantError(f"GPTQModel's checkpoint has no quantized module '{name}'")
+            weight_view(m).copy_(theirs[name].dequantize_weight().t().to(m.weight.dtype))
+        if keep is not None:
+            shutil.copytree(dst, keep, dirs_exist_ok=True)
+    return {"backend": "gptqmodel", "quantize_seconds": round(t_quant, 1),
+            "gptqmodel": gm.__version__ if hasattr(gm, "__version__") else "unknown",
+            **({"checkpoint": str(keep)} if keep is not None else {})}
