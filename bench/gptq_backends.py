@@ -8,7 +8,7 @@ there. Each run is a fresh subprocess (so peak RSS is its own): load, quantize (
 peak RSS (ru_maxrss), then evaluate perplexity on the offline text (GPTQModel: its checkpoint
 saved and reloaded with the torch kernel, since its model cannot run right after quantize()).
 Same 32 x 512 calibration windows (seed 0), same W4 symmetric config, damping 0.05,
-true-sequential, batch 4. Targets (issue 4): our time / GPTQModel's <= 1.0, our peak RSS
+true-sequential (GPTQModel at calibration batch 4, ours at its default 1: each at its faster setting). Targets (issue 4): our time / GPTQModel's <= 1.0, our peak RSS
 <= 2x the float32 model, our perplexity within 2 % of GPTQModel's.
 """
 from __future__ import annotations
@@ -31,7 +31,12 @@ HERE = Path(__file__).resolve().parent
 
 
 def rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
+    """Peak resident memory of this process (VmHWM). Not ru_maxrss: Linux carries that over from
+    the parent across fork + exec, so a worker would inherit the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024**2  # KiB -> GiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def worker(args) -> dict:
@@ -51,7 +56,7 @@ def worker(args) -> dict:
         t_load = time.perf_counter() - t0
         t1 = time.perf_counter()
         qmodel.quantize([{"input_ids": r[None], "attention_mask": torch.ones(1, r.numel(), dtype=torch.long)}
-                         for r in cal], batch_size=4)
+                         for r in cal], batch_size=args.batch_size)
         t_q = time.perf_counter() - t1
         peak = rss_gb()
         out = Path(args.work) / f"gptqmodel-{g}-{order}"
@@ -66,18 +71,21 @@ def worker(args) -> dict:
         t_load = time.perf_counter() - t0
         t1 = time.perf_counter()
         gptq_(model, cal, GPTQConfig(bits=4, group_size=g, act_order=order, damp=0.05, true_sequential=True,
-                                     batch_size=4, progress=False))
+                                     batch_size=args.our_batch_size, progress=False))
         t_q = time.perf_counter() - t1
         peak = rss_gb()
     ppl = perplexity(model, ev, 4, False)
-    return {"tool": args.tool, "group_size": g, "act_order": order, "load_s": round(t_load, 1),
+    return {"tool": args.tool, "group_size": g, "act_order": order,
+            "batch": args.batch_size if args.tool == "gptqmodel" else args.our_batch_size, "load_s": round(t_load, 1),
             "quantize_s": round(t_q, 1), "peak_rss_gb": round(peak, 3), "ppl": round(ppl, 4)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", nargs="+", default=["128:off", "64:off"], help="group_size:act_order")
+    ap.add_argument("--configs", nargs="+", default=["128:off", "64:off", "128:desc"], help="group_size:act_order")
     ap.add_argument("--out", default=str(HERE / "results" / "gptq_backends.md"))
+    ap.add_argument("--batch-size", type=int, default=4, help="GPTQModel's calibration batch (4: its faster setting here)")
+    ap.add_argument("--our-batch-size", type=int, default=1, help="ours (1: its default, least memory)")
     ap.add_argument("--worker", choices=["gptqmodel", "builtin"], help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--group-size", type=int, help=argparse.SUPPRESS)
@@ -108,7 +116,8 @@ def main() -> None:
             g, order = spec.split(":")
             for tool in ("gptqmodel", "builtin"):
                 cmd = [sys.executable, __file__, "--worker", tool, "--work", work, "--group-size", g,
-                       "--act-order", order]
+                       "--act-order", order, "--batch-size", str(args.batch_size),
+                       "--our-batch-size", str(args.our_batch_size)]
                 print("running", tool, spec, flush=True)
                 res = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if res.returncode:
@@ -127,7 +136,8 @@ def write(args, rows, fp_ppl, size_gb, prot) -> None:
         f"{time.strftime('%Y-%m-%d')}  ",
         f"Model: embedded SmolLM2-135M-Instruct, float32 ({size_gb:.3f} GiB of parameters), loaded by both "
         "tools from the same safetensors folder. Calibration: 32 x 512 offline windows, seed 0. "
-        f"W4 symmetric, damping 0.05, true-sequential, batch 4. Evaluation: offline text, "
+        f"W4 symmetric, damping 0.05, true-sequential; calibration batch: GPTQModel {args.batch_size}, "
+        f"ours {args.our_batch_size}. Evaluation: offline text, "
         f"{prot['windows']} windows of {prot['seq_len']} tokens; float PPL {fp_ppl:.4f}.", "",
         "Quantize time is the GPTQ call alone (model already loaded); peak RSS is the process's maximum "
         "resident memory up to the end of quantization, loading included.", "",

@@ -60,7 +60,7 @@ def test_gptq_beats_rtn_on_correlated_inputs():
     assert err_gptq < 0.7 * err_rtn
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "gemma3_text"])
 def test_model_gptq_beats_rtn_layer_output_error(family):
     """On a tiny model: the projections of layer 0 (same float inputs for both) have a lower output
     error under GPTQ than under RTN with the same grid; the weights land on the 4-bit grid."""
@@ -119,3 +119,28 @@ def test_config_errors_name_the_fix():
         GPTQConfig(damp=0)
     with pytest.raises(SmoothQuantError, match="group_size > 0"):
         GPTQConfig(group_size=-1, act_order="group_aware")
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_attention_replay_changes_nothing(family, monkeypatch):
+    """Serving the recorded attention output to the later passes gives the same weights as
+    recomputing attention on every pass."""
+    import smooth_then_quant.quantize.gptq as gq
+    model = tiny_model(family, init=0.05)
+    ids = windows(8, 32)
+    fast, slow = clone_model(model), clone_model(model)
+    gptq_(fast, ids, GPTQConfig(bits=4, group_size=32, progress=False))
+
+    class NoReplay:
+        def __init__(self, module):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+    monkeypatch.setattr(gq, "_Replay", NoReplay)
+    gptq_(slow, ids, GPTQConfig(bits=4, group_size=32, progress=False))
+    for (n, a), (_, b) in zip(fast.named_parameters(), slow.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), n
