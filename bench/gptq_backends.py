@@ -8,8 +8,9 @@ there. Each run is a fresh subprocess (so peak RSS is its own): load, quantize (
 peak RSS (ru_maxrss), then evaluate perplexity on the offline text (GPTQModel: its checkpoint
 saved and reloaded with the torch kernel, since its model cannot run right after quantize()).
 Same 32 x 512 calibration windows (seed 0), same W4 symmetric config, damping 0.05,
-true-sequential (GPTQModel at calibration batch 4, ours at its default 1: each at its faster setting). Targets (issue 4): our time / GPTQModel's <= 1.0, our peak RSS
-<= 2x the float32 model, our perplexity within 2 % of GPTQModel's.
+true-sequential, same calibration batch; every pair is repeated for each batch size in --batches
+(the batch only changes float summation order: the spread shows GPTQ's sensitivity to rounding). Targets (issue 4): our time / GPTQModel's <= 1.0, our peak RSS
+<= 2x the float32 model, our perplexity within 2 % of GPTQModel's (means over the batch sizes).
 """
 from __future__ import annotations
 
@@ -71,12 +72,12 @@ def worker(args) -> dict:
         t_load = time.perf_counter() - t0
         t1 = time.perf_counter()
         gptq_(model, cal, GPTQConfig(bits=4, group_size=g, act_order=order, damp=0.05, true_sequential=True,
-                                     batch_size=args.our_batch_size, progress=False))
+                                     batch_size=args.batch_size, progress=False))
         t_q = time.perf_counter() - t1
         peak = rss_gb()
     ppl = perplexity(model, ev, 4, False)
     return {"tool": args.tool, "group_size": g, "act_order": order,
-            "batch": args.batch_size if args.tool == "gptqmodel" else args.our_batch_size, "load_s": round(t_load, 1),
+            "batch": args.batch_size, "load_s": round(t_load, 1),
             "quantize_s": round(t_q, 1), "peak_rss_gb": round(peak, 3), "ppl": round(ppl, 4)}
 
 
@@ -84,8 +85,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", default=["128:off", "64:off", "128:desc"], help="group_size:act_order")
     ap.add_argument("--out", default=str(HERE / "results" / "gptq_backends.md"))
-    ap.add_argument("--batch-size", type=int, default=4, help="GPTQModel's calibration batch (4: its faster setting here)")
-    ap.add_argument("--our-batch-size", type=int, default=1, help="ours (1: its default, least memory)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4], help="calibration batch sizes (both tools; "
+                    "put 1 first: the memory column reads the smallest)")
+    ap.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--worker", choices=["gptqmodel", "builtin"], help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--group-size", type=int, help=argparse.SUPPRESS)
@@ -114,17 +116,21 @@ def main() -> None:
         rows = []
         for spec in args.configs:
             g, order = spec.split(":")
-            for tool in ("gptqmodel", "builtin"):
-                cmd = [sys.executable, __file__, "--worker", tool, "--work", work, "--group-size", g,
-                       "--act-order", order, "--batch-size", str(args.batch_size),
-                       "--our-batch-size", str(args.our_batch_size)]
-                print("running", tool, spec, flush=True)
-                res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                if res.returncode:
-                    sys.exit(f"{tool} {spec} failed:\n{res.stderr[-3000:]}")
-                rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-                print(rows[-1], flush=True)
+            for batch in args.batches:
+                for tool in ("gptqmodel", "builtin"):
+                    cmd = [sys.executable, __file__, "--worker", tool, "--work", work, "--group-size", g,
+                           "--act-order", order, "--batch-size", str(batch)]
+                    print("running", tool, spec, "batch", batch, flush=True)
+                    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                    if res.returncode:
+                        sys.exit(f"{tool} {spec} failed:\n{res.stderr[-3000:]}")
+                    rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+                    print(rows[-1], flush=True)
     write(args, rows, fp_ppl, size_gb, prot)
+
+
+def _tool(r: dict) -> str:
+    return "**smooth-then-quant (built-in)**" if r["tool"] == "builtin" else "GPTQModel 7.7.0"
 
 
 def write(args, rows, fp_ppl, size_gb, prot) -> None:
@@ -136,25 +142,34 @@ def write(args, rows, fp_ppl, size_gb, prot) -> None:
         f"{time.strftime('%Y-%m-%d')}  ",
         f"Model: embedded SmolLM2-135M-Instruct, float32 ({size_gb:.3f} GiB of parameters), loaded by both "
         "tools from the same safetensors folder. Calibration: 32 x 512 offline windows, seed 0. "
-        f"W4 symmetric, damping 0.05, true-sequential; calibration batch: GPTQModel {args.batch_size}, "
-        f"ours {args.our_batch_size}. Evaluation: offline text, "
+        "W4 symmetric, damping 0.05, true-sequential. Evaluation: offline text, "
         f"{prot['windows']} windows of {prot['seq_len']} tokens; float PPL {fp_ppl:.4f}.", "",
+        "Each pair runs both tools with the same calibration batch size (windows per forward). The batch "
+        "changes nothing in the mathematics, only the order of float summations, so the spread over "
+        "batches shows how much GPTQ's result moves with rounding alone; compare the tools on the mean.", "",
         "Quantize time is the GPTQ call alone (model already loaded); peak RSS is the process's maximum "
-        "resident memory up to the end of quantization, loading included.", "",
-        "| group | act-order | tool | quantize s | peak RSS GiB | PPL | time ratio (ours / GPTQModel) | "
-        "RSS / float32 model | PPL vs GPTQModel |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "resident memory (VmHWM) up to the end of quantization, loading included.", "",
+        "| group | act-order | batch | tool | quantize s | peak RSS GiB | RSS / float32 model | PPL |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for i in range(0, len(rows), 2):
-        ref, ours = rows[i], rows[i + 1]
-        for r in (ref, ours):
-            is_ours = r is ours
-            lines.append(
-                f"| {r['group_size']} | {r['act_order']} | {'**smooth-then-quant (built-in)**' if is_ours else 'GPTQModel 7.7.0'} "
-                f"| {r['quantize_s']} | {r['peak_rss_gb']} | {r['ppl']:.4f} | "
-                + (f"**{ours['quantize_s'] / ref['quantize_s']:.2f}**" if is_ours else "") + " | "
-                + f"{r['peak_rss_gb'] / size_gb:.2f}x | "
-                + (f"{100 * (ours['ppl'] / ref['ppl'] - 1):+.2f} %" if is_ours else "") + " |")
+    for r in rows:
+        lines.append(f"| {r['group_size']} | {r['act_order']} | {r['batch']} | {_tool(r)} | {r['quantize_s']} | "
+                     f"{r['peak_rss_gb']} | {r['peak_rss_gb'] / size_gb:.2f}x | {r['ppl']:.4f} |")
+    lines += ["", "## Summary (means over the batch sizes)", "",
+              "| group | act-order | time ours / GPTQModel | peak RSS ours (batch 1, its default) / float32 model | "
+              "PPL GPTQModel | PPL ours | PPL ours vs GPTQModel |", "|---|---|---|---|---|---|---|"]
+    for spec in dict.fromkeys((r["group_size"], r["act_order"]) for r in rows):
+        sel = [r for r in rows if (r["group_size"], r["act_order"]) == spec]
+        ours, ref = ([r for r in sel if r["tool"] == t] for t in ("builtin", "gptqmodel"))
+
+        def mean(rs, k):
+            return sum(r[k] for r in rs) / len(rs)
+        lines.append(
+            f"| {spec[0]} | {spec[1]} | **{mean(ours, 'quantize_s') / mean(ref, 'quantize_s'):.2f}** | "
+            f"**{max(r['peak_rss_gb'] for r in ours if r['batch'] == min(args.batches)) / size_gb:.2f}x** | "
+            + " / ".join(f"{r['ppl']:.3f}" for r in ref) + f" (mean {mean(ref, 'ppl'):.3f}) | "
+            + " / ".join(f"{r['ppl']:.3f}" for r in ours) + f" (mean {mean(ours, 'ppl'):.3f}) | "
+            f"**{100 * (mean(ours, 'ppl') / mean(ref, 'ppl') - 1):+.2f} %** |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

@@ -16,6 +16,7 @@ import argparse
 import os
 import platform
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -47,6 +48,8 @@ def main() -> None:
         import json
 
         report = json.loads((out / "report.json").read_text())
+        if (out / "quantization.png").exists():  # the chart beside the committed table
+            shutil.copy(out / "quantization.png", Path(args.out).with_suffix(".png"))
     q = report["quantization"]
     lines = [
         "# Quantization table on the embedded SmolLM2-135M-Instruct", "",
@@ -61,7 +64,8 @@ def main() -> None:
         "SmolLM2's GGUF weights were stored as 4-bit Q4_1 (groups of 32), so they already sit near a 4-bit "
         "grid: these figures compare methods with each other; they are not publishable model-quality numbers.", "",
     ]
-    lines += render_quantization(report).split("\n")[2:]
+    lines += [ln.replace("(quantization.png)", f"({Path(args.out).with_suffix('.png').name})")
+              for ln in render_quantization(report).split("\n")[2:]]
     lines += ["## Quality target (issue 4)", ""]
     for d in q["datasets"]:
         best = best_reduction(q["rows"], "W4A8", d)

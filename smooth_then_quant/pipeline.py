@@ -133,13 +133,13 @@ def run_quantization(recipe: Recipe, loaded, cal_ids, states: dict, cache: Perpl
                      progress: bool = True) -> dict:
     """{FP, every scheme} x every state (name -> (model, description)) on every evaluation dataset."""
     tok, ev = loaded.tokenizer, recipe.evaluation
-    ecfg, plan = eval_config(recipe, progress), schemes(recipe, progress)
+    ecfg, scs = eval_config(recipe, progress), schemes(recipe, progress)
+    by_weights: dict[tuple, list[Scheme]] = {}  # schemes sharing a weight config share one GPTQ run
+    for sc in scs:
+        by_weights.setdefault(weight_key(sc), []).append(sc)
     ppl, weights = {}, {}
     for state, (model, _) in states.items():
         ppl[(FP, state)] = {d: cache.perplexity(model, tok, d, ecfg, desc=f"FP {state}: {d}") for d in ev.datasets}
-        by_weights: dict[tuple, list[Scheme]] = {}
-        for sc in plan:
-            by_weights.setdefault(weight_key(sc), []).append(sc)
         for group in by_weights.values():
             q = clone_model(model)
             log.info("quantizing weights of the %s model: %s", state, group[0].describe())
@@ -154,8 +154,8 @@ def run_quantization(recipe: Recipe, loaded, cal_ids, states: dict, cache: Perpl
             del q
             gc.collect()
     names = list(states)
-    return {"datasets": list(ev.datasets), "rows": degradation_rows(ppl, [sc.name for sc in plan], names, ev.datasets),
-            "schemes": [sc.to_dict() for sc in plan], "states": {k: v[1] for k, v in states.items()},
+    return {"datasets": list(ev.datasets), "rows": degradation_rows(ppl, [sc.name for sc in scs], names, ev.datasets),
+            "schemes": [sc.to_dict() for sc in scs], "states": {k: v[1] for k, v in states.items()},
             "weights": weights, "evaluation": {d: cache.windows(tok, d, ecfg)[1] for d in ev.datasets}}
 
 

@@ -36,7 +36,8 @@ def quantize_config(cfg: GPTQConfig):
 
 
 def _import_gptqmodel():
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(os.cpu_count() or 1, 2)))  # it stops on 2 cores without
+    # GPTQModel stops with a ValueError on 2-core machines unless this is set (see README)
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(os.cpu_count() or 1, 2)))
     try:
         import gptqmodel
     except ImportError as e:
@@ -53,7 +54,6 @@ def gptqmodel_(model: nn.Module, tokenizer, ids: torch.Tensor, cfg: GPTQConfig, 
     ops = runtime_ops(model)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="stq-gptqmodel-") as work:
-        os.environ.setdefault("HF_HOME", str(Path(work) / "hf"))  # its tokenizer helper writes under HF_HOME
         src, dst = Path(work) / "float", Path(work) / "gptq"
         model.save_pretrained(src, safe_serialization=True)  # hooks are not state: the float weights only
         tokenizer.save_pretrained(src)

@@ -1,5 +1,7 @@
 """The built-in GPTQ: the solver against hand cases, the model-level verb against RTN, and the
 smoothing hooks active while it collects its Hessians."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -133,7 +135,7 @@ def test_attention_replay_changes_nothing(family, monkeypatch):
 
     class NoReplay:
         def __init__(self, module):
-            pass
+            self.handle = SimpleNamespace(remove=lambda: None)
 
         def __enter__(self):
             return self
