@@ -1,4 +1,4 @@
-"""Command line: smooth-quant RECIPE.yaml [--set KEY=VALUE ...] [-v | -q]"""
+"""Command line: smooth-quant RECIPE.yaml [--set KEY=VALUE ...] [--dry-run] [-v | -q]"""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +16,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="YAML recipe file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key by dotted path, e.g. --set calibration.samples=8 (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved recipe and the stages it would run, without loading any weights")
     g = p.add_mutually_exclusive_group()
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     g.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
@@ -40,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)
+        if args.dry_run:
+            from .recipe import dump_recipe
+            from .stages import describe_stages
+
+            print(dump_recipe(recipe) + "\n# stages\n" + "\n".join(describe_stages(recipe)))
+            return 0
         from .pipeline import run
 
         out = run(recipe, progress=not args.quiet)

@@ -52,3 +52,16 @@ def test_quiet_run_draws_no_progress_bar(tmp_path):
     assert proc.returncode == 0, proc.stderr[-1000:]
     assert "it/s" not in proc.stderr and "%|" not in proc.stderr, proc.stderr[-500:]
     assert (tmp_path / "out" / "report.json").is_file()
+
+
+def test_dry_run_prints_recipe_and_stages_without_loading(tmp_path, capsys, monkeypatch):
+    import smooth_then_quant.load.model as lm
+    monkeypatch.setattr(lm, "load_model", lambda *a, **k: pytest.fail("--dry-run loaded a model"))
+    p = tmp_path / "r.yaml"
+    p.write_text(f"output_dir: {tmp_path / 'out'}\nsmoothing: {{enabled: true}}\nquantization: {{enabled: true}}\n")
+    assert main([str(p), "--dry-run", "--set", "calibration.samples=8"]) == 0
+    out = capsys.readouterr().out
+    assert "samples: 8" in out and "# stages" in out
+    assert "quantize W4A8: gptq int4 g128 + A8 per_tensor (builtin) on baseline, paper, smoothed" in out
+    assert "remove TMAs at down_input -> mean (lossy)" in out and "migrate at y6" in out
+    assert not (tmp_path / "out").exists()
