@@ -167,3 +167,17 @@ def save_tiny(folder, family: str = "llama", plant: bool = True, init: float = 0
     model.save_pretrained(folder)
     char_tokenizer().save_pretrained(folder)
     return model
+
+
+def record_removals(monkeypatch) -> list[tuple[float, float]]:
+    """Every call of the runtime TMA removal from now on appends (max |a| before, max |a| after)."""
+    import smooth_then_quant.smooth.runtime as rt
+
+    seen, real = [], rt.remove_massive
+
+    def recording(y, op):
+        out = real(y, op)
+        seen.append((float(y.abs().max()), float(out.abs().max())))
+        return out
+    monkeypatch.setattr(rt, "remove_massive", recording)
+    return seen

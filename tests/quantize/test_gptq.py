@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from planting import quiet_post_norms_, plant_massive_, structured_embeddings_, tiny_model, windows
+from planting import (plant_massive_, quiet_post_norms_, record_removals, structured_embeddings_, tiny_model,
+                      windows)
 from smooth_then_quant import SmoothQuantError
 from smooth_then_quant.arch import adapter_for
 from smooth_then_quant.quantize.gptq import GPTQConfig, Hessian, column_order, gptq_, gptq_solve, grid_params, quant_dequant
@@ -95,20 +96,12 @@ def test_model_gptq_beats_rtn_layer_output_error(family):
 
 
 def test_runtime_removal_is_active_during_builtin_gptq_calibration(monkeypatch):
-    import smooth_then_quant.smooth.runtime as rt
     model = tiny_model("llama")
     structured_embeddings_(model, const_channel=3)
     quiet_post_norms_(model)
     plant_massive_(model, 1, mlp_channel=5, hidden_channel=11, reserved=2, weight=40.0, const_channel=3)
     attach_runtime_(model, [MassiveRemoval(1, "y6", (5,), "mean")])
-    seen = []
-    real = rt.remove_massive
-
-    def recording(y, op):
-        out = real(y, op)
-        seen.append((float(y.abs().max()), float(out.abs().max())))
-        return out
-    monkeypatch.setattr(rt, "remove_massive", recording)
+    seen = record_removals(monkeypatch)
     gptq_(model, windows(4, 32, trigger_at=0), GPTQConfig(bits=4, group_size=32, progress=False))
     assert seen, "the runtime hook never ran during GPTQ calibration"
     assert max(b for b, _ in seen) > 1000 and max(a for _, a in seen) < 100

@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from planting import save_tiny
+from planting import record_removals, save_tiny
 
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")  # GPTQModel stops on 2-core machines without it
 
@@ -12,18 +12,10 @@ os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")  # GPTQModel stops on 2-core
 def test_runtime_removal_is_active_during_gptq_calibration(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # its tokenizer helper writes under HF_HOME
     import gptqmodel  # scripts/setup.sh installs it: missing is a failure, not a skip
-    import smooth_then_quant.smooth.runtime as rt
     from smooth_then_quant.smooth import MassiveRemoval, attach_runtime_
 
     save_tiny(tmp_path / "m", "llama")  # planted TMA at y6 of layer 1, triggered by "\n" (id 10)
-    seen = []
-    real = rt.remove_massive
-
-    def recording(y, op):
-        out = real(y, op)
-        seen.append((float(y.abs().max()), float(out.abs().max())))
-        return out
-    monkeypatch.setattr(rt, "remove_massive", recording)
+    seen = record_removals(monkeypatch)
     qmodel = gptqmodel.GPTQModel.load(str(tmp_path / "m"), gptqmodel.QuantizeConfig(bits=4, group_size=32,
                                                                                    desc_act=False), device="cpu")
     attach_runtime_(qmodel.model, [MassiveRemoval(1, "y6", (5,), "mean")])
@@ -40,7 +32,6 @@ def test_builtin_gptq_matches_gptqmodel_and_the_wrapper_keeps_smoothing(tmp_path
     weight of the first projections, and the model outputs agree. The gptqmodel backend wrapper
     runs our runtime removal during GPTQModel's calibration."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    import smooth_then_quant.smooth.runtime as rt
     from smooth_then_quant.load import load_model
     from smooth_then_quant.quantize.fake import weight_view
     from smooth_then_quant.quantize.gptq import GPTQConfig, gptq_
@@ -55,9 +46,7 @@ def test_builtin_gptq_matches_gptqmodel_and_the_wrapper_keeps_smoothing(tmp_path
     cfg = GPTQConfig(bits=4, group_size=32, batch_size=1, progress=False)
     ours, theirs = clone_model(loaded.model), clone_model(loaded.model)
     gptq_(ours, ids, cfg)
-    seen = []
-    real = rt.remove_massive
-    monkeypatch.setattr(rt, "remove_massive", lambda y, op: seen.append(1) or real(y, op))
+    seen = record_removals(monkeypatch)
     rep = gptqmodel_(theirs, loaded.tokenizer, ids, cfg)
     assert seen and rep["backend"] == "gptqmodel"
     q0 = "model.layers.0.self_attn.q_proj"
