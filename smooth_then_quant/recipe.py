@@ -162,7 +162,7 @@ class QuantizationSection(Section):
     schemes: dict[str, SchemeSection] = {k: SchemeSection.model_validate(v) for k, v in DEFAULT_SCHEMES.items()}
     compare: list[Literal["baseline", "paper", "smoothed"]] = ["baseline", "paper", "smoothed"]
     paper: SmoothingSection = SmoothingSection.model_validate(PAPER_SMOOTHING)  # the paper's smoothing, as run
-    batch_size: int = Field(4, ge=1)  # calibration windows per GPTQ forward
+    batch_size: int = Field(1, ge=1)  # calibration windows per GPTQ layer forward (GPTQConfig default: least memory)
     gptq_backend: Literal["builtin", "gptqmodel"] = "builtin"  # builtin: faster on CPU, same PPL (bench/)
 
     @field_validator("compare")

@@ -32,3 +32,12 @@ def test_rtn_scheme_and_uneven_group_note():
     rep = quantize_(model, Scheme("W4A16", WeightQuant(4, 48)), windows(2, 16), progress=False)
     assert "uneven_groups" in rep["weights"] and "last group of 16" in rep["weights"]["uneven_groups"]
     assert Scheme("W4A16", WeightQuant(4, 48)).describe() == "RTN int4 g48 sym, A16"
+
+
+def test_recipe_default_schemes_are_the_api_presets():
+    """The recipe's default table columns and preset_schemes() are two spellings of one thing."""
+    from smooth_then_quant.pipeline import schemes
+    from smooth_then_quant.quantize import preset_schemes
+    from smooth_then_quant.recipe import validate_recipe
+
+    assert schemes(validate_recipe({"output_dir": "x"})) == list(preset_schemes())
