@@ -11,6 +11,7 @@ import torch
 
 from ..arch import adapter_for
 from ..errors import SmoothQuantError
+from .quantized import gptq_settings, load_gptq_model, reattach_act_quant_
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +81,19 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
                                f"(embedded SmolLM2) or a local folder / .gguf file.") from None
     adapter_for(config)  # unsupported architecture: fail now, not after loading gigabytes
     log.info("loading %s (%s, %s) on %s", name, kind, dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(**kw, **common, dtype=DTYPES[dtype])
+    if kind == "folder" and gptq_settings(config) is not None:  # a GPTQ checkpoint: unpacked to float
+        model = load_gptq_model(Path(kw["pretrained_model_name_or_path"]), config, DTYPES[dtype])
+    else:
+        model = AutoModelForCausalLM.from_pretrained(**kw, **common, dtype=DTYPES[dtype])
     tokenizer = AutoTokenizer.from_pretrained(**kw, **common)
     if kind == "gguf":
         drop_gguf_marker_(model)
     model.to(device).eval()
     prov = provenance(name, kind, kw, config, dtype, revision)
     if kind == "folder":
-        prov.update(reattach_runtime_(model, Path(kw["pretrained_model_name_or_path"])))
+        folder = Path(kw["pretrained_model_name_or_path"])
+        prov.update(reattach_runtime_(model, folder))
+        prov.update(reattach_act_quant_(model, folder))  # after the smoothing hooks: A8 sees the smoothed input
     return LoadedModel(model, tokenizer, prov)
 
 

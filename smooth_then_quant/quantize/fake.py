@@ -15,9 +15,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..arch import adapter_for
+from .grid import rtn_grid, snap_
 from .rtn import ActQuant, WeightQuant, fake_quant_act, fake_quant_weight
 
 _ATTR = "_smooth_then_quant_act_quant"
+_STATE = "_smooth_then_quant_act_state"  # (ActQuant, static ranges or None): exported with the checkpoint
 
 
 def linear_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -35,7 +37,9 @@ def weight_view(module: nn.Module) -> torch.Tensor:
 def rtn_weights_(model: nn.Module, q: WeightQuant) -> None:
     for _, m in linear_modules(model):
         w = weight_view(m)
+        grid = rtn_grid(w, q.bits, q.group_size, q.symmetric)
         w.copy_(fake_quant_weight(w, q))
+        snap_(m, w, grid)  # float16 scales, as the exported checkpoint stores them
 
 
 @torch.inference_mode()
@@ -63,11 +67,13 @@ def calibrate_ranges(model: nn.Module, ids: torch.Tensor, batch_size: int = 4, p
 
 
 def attach_act_quant_(model: nn.Module, q: ActQuant, ids: torch.Tensor | None = None, batch_size: int = 4,
-                      progress: bool = True) -> None:
-    """Fake-quantize the input of every projection. per_tensor needs calibration windows `ids`."""
+                      progress: bool = True, ranges: dict | None = None) -> None:
+    """Fake-quantize the input of every projection. per_tensor needs calibration windows `ids`
+    (or the `ranges` a checkpoint recorded)."""
     detach_act_quant_(model)
-    ranges = None
-    if q.granularity == "per_tensor":
+    if q.granularity != "per_tensor":
+        ranges = None
+    elif ranges is None:
         if ids is None:
             raise ValueError("static per-tensor activation scales need calibration windows")
         ranges = calibrate_ranges(model, ids, batch_size, progress)
@@ -79,10 +85,17 @@ def attach_act_quant_(model: nn.Module, q: ActQuant, ids: torch.Tensor | None = 
             return (fake_quant_act(args[0], q, rng), *args[1:])
         handles.append(m.register_forward_pre_hook(pre))
     setattr(model, _ATTR, handles)
+    setattr(model, _STATE, (q, ranges))
+
+
+def act_quant_state(model: nn.Module) -> tuple[ActQuant, dict | None] | None:
+    """The attached activation quantizer and its static ranges (None when A16)."""
+    return getattr(model, _STATE, None)
 
 
 def detach_act_quant_(model: nn.Module) -> None:
     for h in getattr(model, _ATTR, []):
         h.remove()
-    if hasattr(model, _ATTR):
-        delattr(model, _ATTR)
+    for attr in (_ATTR, _STATE):
+        if hasattr(model, attr):
+            delattr(model, attr)

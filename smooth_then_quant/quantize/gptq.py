@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..arch import adapter_for
 from ..errors import SmoothQuantError
 from .fake import weight_view
+from .grid import QuantGrid, g_idx_from_order, snap_
 
 ActOrder = Literal["off", "desc", "group_aware"]
 ROLES_SEQUENTIAL = (("qkv",), ("o",), ("mlp_in",), ("mlp_out",))  # true-sequential subsets (GPTQModel's)
@@ -97,13 +98,13 @@ def column_order(h_diag: torch.Tensor, group_size: int, act_order: ActOrder) -> 
     return None
 
 
-def gptq_solve(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """w: [out, in], h: [in, in] (2/N Σ xᵀx) -> (dequantized Q: [out, in], GPTQ's loss per row: [out]).
-    Rows are independent given H, so projections sharing an input may be solved stacked."""
+def gptq_solve(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, torch.Tensor, QuantGrid]:
+    """w: [out, in], h: [in, in] (2/N Σ xᵀx) -> (dequantized Q: [out, in], GPTQ's loss per row: [out],
+    the grid Q lies on). Rows are independent given H, so projections sharing an input may be solved stacked."""
     return _gptq_solve_(w.float().clone(), h.clone(), cfg)
 
 
-def _gptq_solve_(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _gptq_solve_(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, torch.Tensor, QuantGrid]:
     """gptq_solve on float32 w and h it may overwrite (no copies: the working memory is a few [in, in])."""
     out_f, in_f = w.shape
     dead = torch.diag(h) == 0
@@ -119,6 +120,7 @@ def _gptq_solve_(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[tor
     losses = torch.zeros(out_f)
     g = in_f if cfg.group_size == -1 else cfg.group_size
     scale = zero = None
+    scales, zeros = [], []  # per group, in quantization order
     for i1 in range(0, in_f, cfg.block_size):
         i2 = min(i1 + cfg.block_size, in_f)
         w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
@@ -127,6 +129,8 @@ def _gptq_solve_(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[tor
             c = i1 + i
             if c % g == 0:  # a new group: its grid from W as updated by the earlier blocks (as GPTQ does)
                 scale, zero = grid_params(w[:, c: c + g], cfg.bits, cfg.symmetric)
+                scales.append(scale)
+                zeros.append(zero)
             col = w1[:, i]
             qc = quant_dequant(col[:, None], scale, zero, cfg.bits)[:, 0]
             q[:, c] = qc
@@ -137,7 +141,9 @@ def _gptq_solve_(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[tor
         w[:, i2:].addmm_(err1, hinv[i1:i2, i2:], alpha=-1)
     if perm is not None:
         q = q[:, torch.argsort(perm)]
-    return q, losses
+    grid = QuantGrid(cfg.bits, cfg.group_size, cfg.symmetric, torch.cat(scales, 1), torch.cat(zeros, 1),
+                     g_idx_from_order(perm, in_f, cfg.group_size))
+    return q, losses, grid
 
 
 class Hessian:
@@ -250,9 +256,14 @@ def _solve_group_(layer: nn.Module, paths: list[str], h: Hessian, cfg: GPTQConfi
     """Projections reading the same input are solved stacked (rows are independent given H)."""
     ws = [weight_view(layer.get_submodule(p)) for p in paths]
     rows = [w.shape[0] for w in ws]
-    q, loss = _gptq_solve_(torch.cat(ws).float(), h.h, cfg)  # a fresh stacked copy; H is not needed after
-    for w, qp in zip(ws, q.split(rows)):
+    q, loss, grid = _gptq_solve_(torch.cat(ws).float(), h.h, cfg)  # a fresh stacked copy; H is not needed after
+    start = 0
+    for p, w, qp in zip(paths, ws, q.split(rows)):
         w.copy_(qp.to(w.dtype))
+        sl = slice(start, start + w.shape[0])
+        snap_(layer.get_submodule(p), w, QuantGrid(grid.bits, grid.group_size, grid.symmetric, grid.scale[sl],
+                                                   grid.zero[sl], grid.g_idx))
+        start += w.shape[0]
     return [{"layer": li, "module": p, "loss": float(lp.sum())} for p, lp in zip(paths, loss.split(rows))]
 
 

@@ -30,7 +30,7 @@ def test_uncorrelated_inputs_reduce_gptq_to_rtn(order, sym):
     g = torch.Generator().manual_seed(0)
     w = torch.randn(6, 80, generator=g)
     h = torch.diag(torch.rand(80, generator=g) + 0.1)
-    q, _ = gptq_solve(w, h, GPTQConfig(bits=3, group_size=32, symmetric=sym, act_order=order))
+    q, *_ = gptq_solve(w, h, GPTQConfig(bits=3, group_size=32, symmetric=sym, act_order=order))
     assert torch.allclose(q, rtn_gptq_grid(w, 3, 32, sym), atol=1e-6)
 
 
@@ -57,7 +57,7 @@ def test_gptq_beats_rtn_on_correlated_inputs():
     for chunk in x.split(100):
         acc.add(chunk)
     assert torch.allclose(acc.h, 2 * x.t() @ x / 512, rtol=1e-4, atol=1e-4)  # running mean = batch formula
-    q, _ = gptq_solve(w, acc.h, GPTQConfig(bits=4, group_size=32))
+    q, *_ = gptq_solve(w, acc.h, GPTQConfig(bits=4, group_size=32))
     err_gptq = (x @ (w - q).t()).pow(2).mean()
     err_rtn = (x @ (w - rtn_gptq_grid(w, 4, 32)).t()).pow(2).mean()
     assert err_gptq < 0.7 * err_rtn
