@@ -41,9 +41,9 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="stq-bench-q-") as tmp:
         recipe = load_recipe(args.recipe, [*args.overrides, f"output_dir={tmp}/run", "overwrite=true",
-                                           "export.model=false"])
+                                           "export.model=false", "export.quantized=null"])
         t0 = time.perf_counter()
-        out = run(recipe, progress=False)
+        out = Path(run(recipe, progress=False)["output_dir"])
         wall = time.perf_counter() - t0
         import json
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from .errors import SmoothQuantError
@@ -16,6 +17,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="YAML recipe file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key by dotted path, e.g. --set calibration.samples=8 (repeatable)")
+    p.add_argument("--stage", choices=["analyze", "smooth", "full"],
+                   help="stop after the analysis, after smoothing (and its export), or run everything "
+                        "(same as --set stage=...)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved recipe and the stages it would run, without loading any weights")
     g = p.add_mutually_exclusive_group()
@@ -40,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         transformers.utils.logging.disable_progress_bar()
     from .recipe import load_recipe
 
+    signal.signal(signal.SIGTERM, _terminate)  # `kill`: clean up like Ctrl-C (no partial output)
     try:
-        recipe = load_recipe(args.recipe, args.overrides)
+        overrides = args.overrides + ([f"stage={args.stage}"] if args.stage else [])
+        recipe = load_recipe(args.recipe, overrides)
         if args.dry_run:
             from .recipe import dump_recipe
             from .stages import describe_stages
@@ -50,16 +56,34 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .pipeline import run
 
-        out = run(recipe, progress=not args.quiet)
+        summary = run(recipe, progress=not args.quiet)
     except SmoothQuantError as e:
-        print(f"smooth-quant: error: {e}", file=sys.stderr)
+        print("smooth-quant: error: " + " ".join(str(e).split("\n")), file=sys.stderr)  # one paragraph, always
         return 2
     except KeyboardInterrupt:
         print("smooth-quant: interrupted; no partial output was left behind.", file=sys.stderr)
         return 130
     if not args.quiet:
-        print(f"done: {out}/report.md, {out}/report.json and plots in {out}/")
+        print(render_summary(summary))
     return 0
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # unwinds through the atomic output folder, which removes itself
+
+
+def render_summary(s: dict) -> str:
+    out = s["output_dir"]
+    lines = [f"done. Outputs in {out}/", f"  report            {s['report']} (and report.json)"]
+    if s.get("plots"):
+        lines.append(f"  plots             {len(s['plots'])} PNG files in {out}/")
+    if s.get("model"):
+        lines.append(f"  smoothed model    {s['model']} (safetensors, model card README.md)")
+    if s.get("quantized"):
+        lines.append(f"  quantized model   {s['quantized']} (GPTQ format, model card README.md)")
+    if s.get("hub"):
+        lines.append(f"  pushed to         {s['hub']}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from .analyze import AnalysisConfig, analyze
 from .detect import ChannelRule, MassiveRule
 from .evaluate import EvalConfig, PerplexityCache
 from .evaluate.evidence import ppl_change, removed_share, state_evidence
-from .export import save_smoothed
+from .errors import SmoothQuantError
+from .export import save_quantized, save_smoothed
+from .export.hub import push_folder
 from .load import calibration_windows, load_model
 from .probe import ProbeConfig
 from .evaluate.table import FP, degradation_rows
@@ -20,6 +22,7 @@ from .quantize.gptq import GPTQConfig
 from .quantize.scheme import Scheme, quantize_, weight_key
 from .recipe import Recipe
 from .report import atomic_output_dir, check_output_dir, render_analysis, write_json, write_plots
+from .report.card import render_model_card
 from .report.quantization import plot_quantization, render_quantization
 from .report.smoothing import plot_smoothing, render_smoothing
 from .smooth import (FlattenGammaConfig, FlattenOTCConfig, MigrateConfig, RemoveMassiveConfig, RepairConfig,
@@ -126,19 +129,20 @@ def paper_state(recipe: Recipe, loaded, cal_ids, analysis, progress: bool = True
         repair_(model, loaded.model, cal_ids, plan, repair_config(recipe, progress, sec))
     what = "; ".join(f"{r['kind']} ({r['count']} edits, {'exact' if r['exact'] else 'lossy'})"
                      for r in plan.summary()) or "empty plan"
-    return model, what
+    return model, what, plan
 
 
 def run_quantization(recipe: Recipe, loaded, cal_ids, states: dict, cache: PerplexityCache,
-                     progress: bool = True) -> dict:
-    """{FP, every scheme} x every state (name -> (model, description)) on every evaluation dataset."""
-    tok, ev = loaded.tokenizer, recipe.evaluation
+                     progress: bool = True, export_to: Path | None = None) -> dict:
+    """{FP, every scheme} x every state (name -> (model, description, plan)) on every evaluation
+    dataset. With `export_to`, the cell recipe.export.quantized names is written there (GPTQ format)."""
+    tok, ev, target = loaded.tokenizer, recipe.evaluation, recipe.export.quantized
     ecfg, scs = eval_config(recipe, progress), schemes(recipe, progress)
     by_weights: dict[tuple, list[Scheme]] = {}  # schemes sharing a weight config share one GPTQ run
     for sc in scs:
         by_weights.setdefault(weight_key(sc), []).append(sc)
     ppl, weights = {}, {}
-    for state, (model, _) in states.items():
+    for state, (model, _, plan) in states.items():
         ppl[(FP, state)] = {d: cache.perplexity(model, tok, d, ecfg, desc=f"FP {state}: {d}") for d in ev.datasets}
         for group in by_weights.values():
             q = clone_model(model)
@@ -150,19 +154,39 @@ def run_quantization(recipe: Recipe, loaded, cal_ids, states: dict, cache: Perpl
                     quantize_(q, sc, cal_ids, weights_done=True, progress=progress)
                 ppl[(sc.name, state)] = {d: cache.perplexity(q, tok, d, ecfg, state=repr(sc.activations),
                                                              desc=f"{sc.name} {state}: {d}") for d in ev.datasets}
+                if export_to is not None and target is not None and (target.scheme, target.state) == (sc.name, state):
+                    log.info("writing the %s / %s checkpoint (GPTQ format)", sc.name, state)
+                    save_quantized(q, tok, export_to, plan=plan if plan is not None and plan.runtime() else None)
                 detach_act_quant_(q)
             del q
             gc.collect()
     names = list(states)
     return {"datasets": list(ev.datasets), "rows": degradation_rows(ppl, [sc.name for sc in scs], names, ev.datasets),
             "schemes": [sc.to_dict() for sc in scs], "states": {k: v[1] for k, v in states.items()},
+            **({"export": {"scheme": target.scheme, "state": target.state}} if export_to and target else {}),
             "weights": weights, "evaluation": {d: cache.windows(tok, d, ecfg)[1] for d in ev.datasets}}
 
 
-def run(recipe: Recipe, progress: bool = True) -> Path:
-    """Run the recipe; returns the output folder."""
+def run(recipe: Recipe, progress: bool = True) -> dict:
+    """Run the recipe into output_dir (written whole or not at all); returns where things went."""
     out = Path(recipe.output_dir)
     check_output_dir(out, recipe.overwrite)  # fail before minutes of work, not after
+    with atomic_output_dir(out, recipe.overwrite) as tmp:
+        report = _run_into(recipe, tmp, progress)
+    log.info("outputs written to %s", out)
+    summary = {"output_dir": str(out), "report": str(out / "report.md"),
+               "plots": [str(out / p) for p in report.get("plots", [])],
+               **{k: str(out / v) for k, v in report.get("export", {}).items()}}
+    if recipe.export.push_to_hub:
+        if not report["export"]:
+            raise SmoothQuantError("export.push_to_hub is set but nothing was exported (export.model is false or "
+                                   "the stage stops before smoothing): nothing to push. The local report is complete.")
+        folder = out / report["export"].get("quantized", report["export"].get("model"))
+        summary["hub"] = push_folder(folder, recipe.export.push_to_hub, recipe.export.private)
+    return summary
+
+
+def _run_into(recipe: Recipe, tmp: Path, progress: bool) -> dict:
     t0 = time.perf_counter()
     loaded = load_model(recipe.model, dtype=recipe.load.dtype, device=recipe.load.device,
                         trust_remote_code=recipe.load.trust_remote_code, revision=recipe.load.revision)
@@ -179,45 +203,56 @@ def run(recipe: Recipe, progress: bool = True) -> Path:
         "data": data_prov,
         "timing": {"load_seconds": round(t_load, 2), "probe_seconds": round(t_probe, 2)},
         "analysis": analysis.to_dict(),
+        "export": {},
     }
-    smoothing = run_smoothing(recipe, loaded, input_ids, analysis, progress) if recipe.smoothing.enabled else None
-    if smoothing:
+    smoothing = None
+    if recipe.smoothing.enabled and recipe.stage != "analyze":
+        smoothing = run_smoothing(recipe, loaded, input_ids, analysis, progress)
         report["smoothing"] = {"plan": smoothing["plan"].to_dict(), "states": smoothing["states"],
                                "evaluation": smoothing["evaluation"]}
         report["timing"].update(smoothing["timing"])
-    if recipe.quantization.enabled:
+    target = recipe.export.quantized
+    if recipe.quantization.enabled and recipe.stage == "full":
         t2 = time.perf_counter()
-        states = {"baseline": (loaded.model, "the model as loaded")}
+        states = {"baseline": (loaded.model, "the model as loaded", None)}
         if "paper" in recipe.quantization.compare:
             states["paper"] = paper_state(recipe, loaded, input_ids, analysis, progress)
         if "smoothed" in recipe.quantization.compare:
             if smoothing:
                 states["smoothed"] = (smoothing["model"], "the recipe's smoothing: " + "; ".join(
-                    r["kind"] for r in smoothing["plan"].summary()))
+                    r["kind"] for r in smoothing["plan"].summary()), smoothing["plan"])
             else:
                 log.warning("quantization.compare lists 'smoothed' but smoothing.enabled is false: row skipped")
         cache = smoothing["cache"] if smoothing else PerplexityCache()
-        report["quantization"] = run_quantization(recipe, loaded, input_ids, states, cache, progress)
+        report["quantization"] = run_quantization(recipe, loaded, input_ids, states, cache, progress,
+                                                  export_to=tmp / "quantized" if target else None)
         report["timing"]["quantization_seconds"] = round(time.perf_counter() - t2, 1)
-    with atomic_output_dir(out, recipe.overwrite) as tmp:
-        report["plots"] = write_plots(analysis, tmp) if recipe.analysis.plots else []
-        report["massive_activations"] = report["analysis"]["massive_activations"]
-        for key in ("channel_outliers", "gamma_outliers", "otc"):
-            report[key] = report["analysis"][key]
-        md = render_analysis(report)
-        if smoothing:
-            if recipe.analysis.plots:
-                report["plots"].append(plot_smoothing(smoothing["states"], tmp / "smoothing_effect.png").name)
-            smoothing["plan"].save(tmp / "smoothing_plan.json")
-            if recipe.export.model:
-                save_smoothed(smoothing["model"], loaded.tokenizer, smoothing["plan"], tmp / "model")
-                report["export"] = {"model": "model/"}
-            md += "\n" + render_smoothing(report)
-        if "quantization" in report:
-            if recipe.analysis.plots:
-                report["plots"].append(plot_quantization(report["quantization"], tmp / "quantization.png").name)
-            md += "\n" + render_quantization(report)
-        write_json(tmp / "report.json", report)
-        (tmp / "report.md").write_text(md, encoding="utf-8")
-    log.info("outputs written to %s", out)
-    return out
+        if target:
+            report["export"]["quantized"] = "quantized/"
+    report["plots"] = write_plots(analysis, tmp) if recipe.analysis.plots else []
+    report["massive_activations"] = report["analysis"]["massive_activations"]
+    for key in ("channel_outliers", "gamma_outliers", "otc"):
+        report[key] = report["analysis"][key]
+    md = render_analysis(report)
+    if smoothing:
+        if recipe.analysis.plots:
+            report["plots"].append(plot_smoothing(smoothing["states"], tmp / "smoothing_effect.png").name)
+        smoothing["plan"].save(tmp / "smoothing_plan.json")
+        if recipe.export.model:
+            save_smoothed(smoothing["model"], loaded.tokenizer, smoothing["plan"], tmp / "model")
+            report["export"]["model"] = "model/"
+        md += "\n" + render_smoothing(report)
+    if "quantization" in report:
+        if recipe.analysis.plots:
+            report["plots"].append(plot_quantization(report["quantization"], tmp / "quantization.png").name)
+        md += "\n" + render_quantization(report)
+    if "model" in report["export"]:
+        (tmp / "model" / "README.md").write_text(render_model_card(report, "smoothed"), encoding="utf-8")
+    if "quantized" in report["export"]:
+        (tmp / "quantized" / "README.md").write_text(
+            render_model_card(report, "quantized", target.scheme, target.state), encoding="utf-8")
+    for folder in report["export"].values():  # each export carries the report it was measured in
+        write_json(tmp / folder / "report.json", report)
+    write_json(tmp / "report.json", report)
+    (tmp / "report.md").write_text(md, encoding="utf-8")
+    return report

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SmoothQuantError
 
@@ -182,11 +182,21 @@ class EvaluationSection(Section):
     evidence_samples: int = Field(8, ge=1)  # calibration windows probed before/after
 
 
+class QuantizedExportSection(Section):
+    """Write one cell of the table as a GPTQ-format checkpoint (output_dir/quantized)."""
+    scheme: str = "W4A16"  # a name under quantization.schemes
+    state: Literal["baseline", "paper", "smoothed"] = "smoothed"
+
+
 class ExportSection(Section):
-    model: bool = True  # write the smoothed checkpoint to output_dir/model
+    model: bool = True  # write the smoothed float checkpoint to output_dir/model
+    quantized: QuantizedExportSection | None = None  # null: no quantized checkpoint
+    push_to_hub: str | None = None  # a Hub repo id (user/name); token from HF_TOKEN or `hf auth login`
+    private: bool = True  # a new Hub repo is private unless this is false
 
 
 class Recipe(Section):
+    stage: Literal["analyze", "smooth", "full"] = "full"  # stop after analysis / after smoothing / run it all
     model: str = "default"  # default | hub id | local folder | file.gguf
     load: LoadSection = LoadSection()
     calibration: CalibrationSection = CalibrationSection()
@@ -198,6 +208,24 @@ class Recipe(Section):
     output_dir: str
     overwrite: bool = False
 
+    @model_validator(mode="after")
+    def _export_matches(self):
+        q = self.export.quantized
+        if q is not None:
+            if q.scheme not in self.quantization.schemes:
+                raise ValueError(f"export.quantized.scheme '{q.scheme}' is not one of quantization.schemes "
+                                 f"({', '.join(self.quantization.schemes)})")
+            if q.state not in self.quantization.compare:
+                raise ValueError(f"export.quantized.state '{q.state}' is not in quantization.compare "
+                                 f"({', '.join(self.quantization.compare)})")
+            if not self.quantization.enabled:
+                raise ValueError("export.quantized needs quantization.enabled: true")
+            if q.state == "smoothed" and not self.smoothing.enabled:
+                raise ValueError("export.quantized.state 'smoothed' needs smoothing.enabled: true")
+        if self.export.push_to_hub is not None and self.export.push_to_hub.count("/") != 1:
+            raise ValueError(f"export.push_to_hub must be a Hub repo id 'user/name' (got '{self.export.push_to_hub}')")
+        return self
+
 
 # ---- loading -----------------------------------------------------------------------------
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -207,7 +235,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise SmoothQuantError(f"recipe {path} is not valid YAML: {e}") from None
+        raise SmoothQuantError(f"recipe {path} is not valid YAML: " + " ".join(str(e).split())) from None
     except UnicodeDecodeError:
         raise SmoothQuantError(f"recipe {path} is not UTF-8 text.") from None
     if raw is None:
@@ -259,7 +287,7 @@ def _is_union_tag(part) -> bool:
 
 
 def _explain(err: dict) -> str:
-    loc = [str(p) for p in err["loc"]]
+    loc = [str(p) if str(p).isprintable() else repr(str(p))[1:-1] for p in err["loc"]]  # a key with a newline...
     where = ".".join(loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         allowed = _fields_at(loc[:-1])
@@ -268,9 +296,12 @@ def _explain(err: dict) -> str:
                 + f"; allowed keys here: {', '.join(allowed)}")
     if err["type"] == "missing":
         return f"missing required key '{where}'"
+    msg = err["msg"].removeprefix("Value error, ")
+    if not loc:  # a rule across sections (e.g. export.quantized must name a scheme): the message says it all
+        return msg
     value = err.get("input")
     shown = repr(value) if not isinstance(value, dict) else "a mapping"
-    return f"bad value {shown[:80]} for '{where}': {err['msg']}"
+    return f"bad value {shown[:80]} for '{where}': {msg}"
 
 
 def _fields_at(loc: list[str]) -> list[str]:

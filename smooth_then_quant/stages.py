@@ -13,9 +13,10 @@ def describe_stages(recipe: Recipe) -> list[str]:
              f"detect   MA (|a| > {recipe.analysis.massive.abs_threshold:g} and > {recipe.analysis.massive.ratio:g} x "
              f"median), CO (m = {recipe.analysis.channel.m:g}, beta = {recipe.analysis.channel.beta:.3g}), "
              "gamma outliers, OTC"]
-    if sm.enabled:
+    smooth_on, quant_on = sm.enabled and recipe.stage != "analyze", q.enabled and recipe.stage == "full"
+    if smooth_on:
         lines.append("smooth   " + ", ".join(_smoothing_parts(sm)))
-    if q.enabled:
+    if quant_on:
         states = [s for s in q.compare if s != "smoothed" or sm.enabled]
         lines.append(f"paper    {', '.join(_smoothing_parts(q.paper))}" if "paper" in states else "")
         for name, s in q.schemes.items():
@@ -27,8 +28,17 @@ def describe_stages(recipe: Recipe) -> list[str]:
                          + (f" ({q.gptq_backend})" if w.method == "gptq" else "") + f" on {', '.join(states)}")
     lines.append(f"evaluate perplexity on {', '.join(ev.datasets)} (seq_len {ev.seq_len}"
                  + (f", at most {ev.max_windows} windows" if ev.max_windows else "") + ")")
+    x = recipe.export
     lines.append(f"export   {recipe.output_dir}/ (report.md, report.json, plots"
-                 + (", smoothing_plan.json, model/" if sm.enabled and recipe.export.model else "") + ")")
+                 + (", smoothing_plan.json" if smooth_on else "")
+                 + (", model/ (smoothed float)" if smooth_on and x.model else "")
+                 + (f", quantized/ ({x.quantized.scheme} on {x.quantized.state}, GPTQ format)"
+                    if quant_on and x.quantized else "") + ")")
+    if x.push_to_hub:
+        lines.append(f"push     {'quantized/' if quant_on and x.quantized else 'model/'} to the Hub repo "
+                     f"{x.push_to_hub} ({'private' if x.private else 'public'})")
+    if recipe.stage != "full":
+        lines.append(f"(stage: {recipe.stage}: later stages are skipped)")
     return [ln for ln in lines if ln]
 
 

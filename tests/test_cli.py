@@ -12,6 +12,11 @@ from smooth_then_quant.cli import main
     ("output_dir: o\nmodel: /nonexistent/model.gguf\n", [], "model file not found"),
     ("output_dir: o\nmodel: ./no/such/folder\n", [], "model not found"),
     ("output_dir: o\n", ["calibration.seq_len=1"], "calibration.seq_len"),
+    # found by the property-based test: a key holding a newline, and YAML's multi-line messages
+    ('output_dir: o\n"\\n_x": 1\n', [], "unknown key '\\n_x'"),
+    ("output_dir: o\n  bad: [\n", [], "is not valid YAML"),
+    ("output_dir: o\nexport: {quantized: {scheme: W9}}\nquantization: {enabled: true}\n", [],
+     "export.quantized.scheme 'W9' is not one of quantization.schemes"),
 ])
 def test_user_errors_exit_2_with_one_paragraph(tmp_path, capsys, text, overrides, needle):
     p = tmp_path / "r.yaml"

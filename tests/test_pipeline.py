@@ -100,3 +100,57 @@ def test_quantization_table_has_every_row(tmp_path, sensitive_folder):
     w4 = next(r for r in q["rows"] if r["scheme"] == "W4A8" and r["state"] == "baseline")
     assert w4["delta_ppl"]["offline"] > MIN_DEGRADATION * fp  # the model is sensitive enough to compare states
     assert (out / "quantization.png").stat().st_size > 10_000
+
+
+def test_quantized_export_reloads_to_the_reported_perplexity(tmp_path, sensitive_folder):
+    """The exported GPTQ checkpoint (W4A8 on the paper's state: runtime TMA removal + A8 ranges
+    ride along) reloads to exactly the perplexity the table reports; both exports carry a model card."""
+    out, report = run(tmp_path, sensitive_folder, [
+        "quantization.enabled=true", "quantization.schemes={W4A8: {weights: {bits: 4, group_size: 32}, "
+        "activations: {granularity: per_tensor}}}", "export.quantized={scheme: W4A8, state: paper}"])
+    row = next(r for r in report["quantization"]["rows"] if (r["scheme"], r["state"]) == ("W4A8", "paper"))
+    loaded = load_model(str(out / "quantized"))
+    assert len(runtime_ops(loaded.model)) >= 1 and "activation_quant" in loaded.provenance
+    ids, _ = evaluation_windows(loaded.tokenizer, "offline", 64, 3)
+    assert perplexity(loaded.model, ids, 3, False) == pytest.approx(row["ppl"]["offline"], rel=1e-5)
+    card = (out / "quantized" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers") and "| W4A8 | paper's smoothing |" in card
+    assert "```yaml\nstage: full" in card and "per_tensor" in card  # the recipe, as run
+    assert "| migrate_norm |" in (out / "model" / "README.md").read_text()
+    assert json.loads((out / "quantized" / "report.json").read_text())["quantization"]["rows"] == \
+        report["quantization"]["rows"]
+
+
+@pytest.mark.parametrize("stage,present,absent", [
+    ("analyze", [], ["smoothing", "quantization"]),
+    ("smooth", ["smoothing"], ["quantization"]),
+])
+def test_stage_stops_the_pipeline_early(tmp_path, tiny_folder, stage, present, absent):
+    out, report = run(tmp_path, tiny_folder, ["quantization.enabled=true", f"stage={stage}"])
+    assert all(k in report for k in present) and not any(k in report for k in absent)
+    assert (out / "model").is_dir() == (stage == "smooth")
+
+
+def test_push_to_hub_uploads_the_complete_export_and_never_prints_the_token(tmp_path, tiny_folder, monkeypatch,
+                                                                            capfd, caplog):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setenv("HF_TOKEN", "hf_SECRETSECRETSECRET")
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)) or
+                        f"https://huggingface.co/{repo_id}")
+
+    def upload(self, *, repo_id, folder_path, **kw):
+        calls.append(("upload", repo_id, sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir())))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {tiny_folder}\nsmoothing: {{enabled: true}}\noutput_dir: {tmp_path / 'out'}\n"
+                      "export: {push_to_hub: me/tiny-smoothed}\n")
+    assert main([str(recipe), "-v"] + [a for kv in SMALL for a in ("--set", kv)]) == 0
+    assert calls[0] == ("create", "me/tiny-smoothed", {"repo_type": "model", "private": True, "exist_ok": True})
+    assert calls[1][0] == "upload" and {"README.md", "model.safetensors", "config.json", "smoothing_plan.json",
+                                         "report.json"} <= set(calls[1][2])
+    printed = capfd.readouterr()
+    assert "https://huggingface.co/me/tiny-smoothed" in printed.out
+    assert "SECRET" not in printed.out + printed.err + caplog.text

@@ -42,35 +42,48 @@ def gptq_settings(config) -> tuple[int, int, bool] | None:
     return int(qc["bits"]), int(qc["group_size"]), True
 
 
+def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            tensors.update({k: st.get_tensor(k) for k in st.keys()})
+    if not tensors:
+        raise SmoothQuantError(f"{folder} has no .safetensors weights.")
+    return tensors
+
+
+@torch.no_grad()
+def load_gptq_projections_(model: nn.Module, tensors: dict[str, torch.Tensor], bits: int, group_size: int,
+                           sym: bool, source: str = "checkpoint") -> None:
+    """Every projection of `model` from its GPTQ tensors (popped from `tensors`): dequantized
+    float weights, float16-exact biases, and the grid."""
+    from ..export.gptq_format import from_gptq_tensors
+
+    for name, m in adapter_for(model).named_projections(model):
+        parts = {k: tensors.pop(f"{name}.{k}") for k in ("qweight", "qzeros", "scales", "g_idx", "bias")
+                 if f"{name}.{k}" in tensors}
+        if "qweight" not in parts:
+            raise SmoothQuantError(f"{source}: projection {name} has no qweight; not a GPTQ checkpoint of this model.")
+        in_f = weight_view(m).shape[1]
+        if "g_idx" not in parts:  # older checkpoints without act order omit it
+            parts["g_idx"] = (torch.arange(in_f) // (group_size if group_size > 0 else in_f)).to(torch.int32)
+        w, grid = from_gptq_tensors(parts, bits, group_size, sym)
+        weight_view(m).copy_(w.to(m.weight.dtype))
+        if "bias" in parts:
+            m.bias.copy_(parts["bias"].to(m.bias.dtype))
+        setattr(m, GRID_ATTR, grid)
+
+
 @torch.no_grad()
 def load_gptq_model(folder: Path, config, dtype: torch.dtype) -> nn.Module:
     from transformers import AutoModelForCausalLM
-
-    from ..export.gptq_format import from_gptq_tensors
 
     bits, group_size, sym = gptq_settings(config)
     cfg = copy.deepcopy(config)
     del cfg.quantization_config
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    tensors: dict[str, torch.Tensor] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(f), "pt") as st:
-            tensors.update({k: st.get_tensor(k) for k in st.keys()})
-    if not tensors:
-        raise SmoothQuantError(f"{folder} has no .safetensors weights.")
-    for name, m in adapter_for(model).named_projections(model):
-        parts = {k: tensors.pop(f"{name}.{k}") for k in ("qweight", "qzeros", "scales", "g_idx", "bias")
-                 if f"{name}.{k}" in tensors}
-        if "qweight" not in parts:
-            raise SmoothQuantError(f"{folder}: projection {name} has no qweight; not a GPTQ checkpoint of this model.")
-        if "g_idx" not in parts:  # older checkpoints without act order omit it
-            parts["g_idx"] = (torch.arange(weight_view(m).shape[1]) // (group_size if group_size > 0 else
-                                                                           weight_view(m).shape[1])).to(torch.int32)
-        w, grid = from_gptq_tensors(parts, bits, group_size, sym)
-        weight_view(m).copy_(w)
-        if "bias" in parts:
-            m.bias.copy_(parts["bias"].float())
-        setattr(m, GRID_ATTR, grid)
+    tensors = read_safetensors(folder)
+    load_gptq_projections_(model, tensors, bits, group_size, sym, str(folder))
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
     projections = {n for n, _ in adapter_for(model).named_projections(model)}
     missing = [k for k in missing if k.rpartition(".")[0] not in projections and k != "lm_head.weight"]

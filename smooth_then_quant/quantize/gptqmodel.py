@@ -6,8 +6,9 @@ GPTQModel loads models from disk and cannot run a model right after `quantize()`
 layers are offloaded to meta tensors), so this wrapper: writes the (smoothed) float model to a
 temporary folder, loads it with GPTQModel, re-attaches our runtime smoothing hooks (they follow
 GPTQModel's module swaps, so they are active while it calibrates), quantizes, saves the GPTQ
-checkpoint, reloads it with GPTQModel's plain torch kernel and copies the dequantized weights back
-into `model`. `keep` keeps the GPTQ-format checkpoint (transformers / vLLM load it).
+checkpoint and reads its integers and scales back into `model` (dequantized float weights that
+carry their grids, so `export_quantized` writes the same checkpoint). `keep` keeps GPTQModel's
+own checkpoint folder as well.
 """
 from __future__ import annotations
 
@@ -20,10 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..arch import adapter_for
 from ..errors import SmoothQuantError
+from ..load.quantized import load_gptq_projections_, read_safetensors
 from ..smooth.runtime import attach_runtime_, runtime_ops
-from .fake import weight_view
 from .gptq import GPTQConfig
 
 
@@ -57,7 +57,8 @@ def gptqmodel_(model: nn.Module, tokenizer, ids: torch.Tensor, cfg: GPTQConfig, 
         src, dst = Path(work) / "float", Path(work) / "gptq"
         model.save_pretrained(src, safe_serialization=True)  # hooks are not state: the float weights only
         tokenizer.save_pretrained(src)
-        qmodel = gm.GPTQModel.load(str(src), quantize_config(cfg), device="cpu")
+        device = next(model.parameters()).device.type  # cpu here; cuda for GPU users
+        qmodel = gm.GPTQModel.load(str(src), quantize_config(cfg), device=device)
         if ops:
             attach_runtime_(qmodel.model, ops)
         qmodel.quantize([{"input_ids": r[None], "attention_mask": torch.ones(1, r.numel(), dtype=torch.long)}
@@ -65,12 +66,8 @@ def gptqmodel_(model: nn.Module, tokenizer, ids: torch.Tensor, cfg: GPTQConfig, 
         t_quant = time.perf_counter() - t0
         qmodel.save(str(dst))
         del qmodel
-        reloaded = gm.GPTQModel.load(str(dst), backend=gm.BACKEND.TORCH, device="cpu").model
-        theirs = dict(adapter_for(reloaded).named_projections(reloaded))
-        for name, m in adapter_for(model).named_projections(model):
-            if name not in theirs or not hasattr(theirs[name], "dequantize_weight"):
-                raise SmoothQuantError(f"GPTQModel's checkpoint has no quantized module '{name}'")
-            weight_view(m).copy_(theirs[name].dequantize_weight().t().to(m.weight.dtype))
+        load_gptq_projections_(model, read_safetensors(dst), cfg.bits, cfg.group_size, cfg.symmetric,
+                               "GPTQModel's checkpoint")  # v1 on disk; the tests check it against its kernel
         if keep is not None:
             shutil.copytree(dst, keep, dirs_exist_ok=True)
     return {"backend": "gptqmodel", "quantize_seconds": round(t_quant, 1),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,7 +28,8 @@ def atomic_output_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     path = Path(path)
     check_output_dir(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    remove_stale_partials(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
     try:
         yield tmp
         if path.exists():
@@ -40,6 +42,28 @@ def atomic_output_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale_partials(path: Path) -> list[Path]:
+    """A run killed with SIGKILL (or a power cut) cannot clean up: its hidden temporary folder
+    `.NAME.partial-PID-*` stays beside `path`. Remove those whose process is gone."""
+    removed = []
+    for p in path.parent.glob(f".{path.name}.partial-*"):
+        pid = p.name.removeprefix(f".{path.name}.partial-").split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_json(path: Path, obj) -> None:
