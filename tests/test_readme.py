@@ -18,7 +18,9 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # it exports to ./smoothed-smollm2
     exec(compile(api_example(), "README.md (Python API)", "exec"), {})
     printed = capsys.readouterr().out.strip().splitlines()
-    smoothed, w4a8 = (float(x) for x in printed[-2:])  # the two perplexities it prints last
+    smoothed, w4a8, reloaded = (float(x) for x in printed[-3:])  # the three perplexities it prints last
+    assert reloaded == pytest.approx(w4a8, rel=1e-6)  # the GPTQ export is the model that was measured
+    assert (tmp_path / "smollm2-w4a8" / "activation_quant.json").is_file()
     assert (tmp_path / "smoothed-smollm2" / "smoothing_plan.json").is_file()
     assert list((tmp_path / "smoothed-smollm2").glob("*.safetensors"))
     assert 5 < smoothed < 30 and math.isfinite(w4a8) and w4a8 > smoothed  # quantization costs something

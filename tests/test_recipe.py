@@ -9,8 +9,22 @@ RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
-def test_every_shipped_recipe_validates(path):
+def test_every_shipped_recipe_validates_and_dry_runs(path, capsys):
+    from smooth_then_quant.cli import main
+
     assert isinstance(load_recipe(path), Recipe)
+    assert path.read_text().startswith("#") and f"smooth-quant recipes/{path.name}" in path.read_text()  # documented
+    assert main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "# stages" in out and "export   " in out
+
+
+def test_the_documented_recipe_set_ships():
+    names = {p.name for p in RECIPES}
+    assert {"quickstart.yaml", "analyze.yaml", "w4a8.yaml", "w8a8.yaml", "w4a16.yaml",
+            "paper-llama3.2-3b.yaml"} <= names
+    paper = load_recipe(Path(RECIPES[0]).parent / "paper-llama3.2-3b.yaml")
+    assert paper.evaluation.datasets == ["wikitext2", "c4"] and paper.evaluation.seq_len == 2048
 
 
 def write(tmp_path, text):

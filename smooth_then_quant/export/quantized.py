@@ -52,6 +52,13 @@ def quantization_config(model: nn.Module) -> dict:
     if group_size not in KERNEL_GROUP_SIZES:
         log.warning("group_size %d: GPTQModel's kernels (which transformers uses) and vLLM accept only %s; our loader "
                     "reads it, theirs will refuse it", group_size, KERNEL_GROUP_SIZES)
+    uneven = [n for n, m in adapter_for(model).named_projections(model)
+              if group_size > 0 and weight_view(m).shape[1] % group_size]
+    if uneven:
+        log.warning("%d projections (e.g. %s) have a shorter last group (group_size %d does not divide their width): "
+                    "our loader and GPTQModel's torch kernel read them; vLLM and GPTQModel's AVX512 kernel refuse "
+                    "them. Use a group_size that divides every width (e.g. 64) for those.",
+                    len(uneven), uneven[0], group_size)
     return {"quant_method": "gptq", "bits": bits, "group_size": group_size, "sym": sym,
             "desc_act": any(g.act_order for g in grids.values()), "checkpoint_format": "gptq", "format": "gptq",
             "pack_dtype": "int32", "lm_head": False, "meta": {"quantizer": [f"smooth-then-quant:{__version__}"]}}

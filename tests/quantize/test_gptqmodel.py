@@ -56,3 +56,22 @@ def test_builtin_gptq_matches_gptqmodel_and_the_wrapper_keeps_smoothing(tmp_path
     with torch.no_grad():
         la, lb, lf = (m(input_ids=ids).logits for m in (ours, theirs, loaded.model))
     assert (lf - la).norm() < 1.1 * (lf - lb).norm()  # no further from the float model than GPTQModel
+
+
+def test_gptqmodel_backend_weights_export_to_the_same_checkpoint(tmp_path, monkeypatch):
+    """The gptqmodel backend reads GPTQModel's integers back with their grids, so export_quantized
+    writes them again and our loader returns the same model."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    from smooth_then_quant.export import export_quantized
+    from smooth_then_quant.load import load_model
+    from smooth_then_quant.quantize.gptq import GPTQConfig
+    from smooth_then_quant.quantize.gptqmodel import gptqmodel_
+
+    save_tiny(tmp_path / "m", "llama", init=0.05, plant=False)
+    loaded = load_model(str(tmp_path / "m"))
+    ids = torch.randint(11, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    gptqmodel_(loaded.model, loaded.tokenizer, ids, GPTQConfig(bits=4, group_size=32, progress=False))
+    export_quantized(loaded.model, loaded.tokenizer, tmp_path / "q")
+    back = load_model(str(tmp_path / "q")).model
+    with torch.no_grad():
+        assert torch.equal(loaded.model(input_ids=ids).logits, back(input_ids=ids).logits)
