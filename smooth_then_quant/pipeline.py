@@ -156,7 +156,7 @@ def run_quantization(recipe: Recipe, loaded, cal_ids, states: dict, cache: Perpl
                                                              desc=f"{sc.name} {state}: {d}") for d in ev.datasets}
                 if export_to is not None and target is not None and (target.scheme, target.state) == (sc.name, state):
                     log.info("writing the %s / %s checkpoint (GPTQ format)", sc.name, state)
-                    save_quantized(q, tok, export_to, plan=plan if plan is not None and plan.runtime() else None)
+                    save_quantized(q, tok, export_to, plan=plan)
                 detach_act_quant_(q)
             del q
             gc.collect()
@@ -212,6 +212,8 @@ def _run_into(recipe: Recipe, tmp: Path, progress: bool) -> dict:
                                "evaluation": smoothing["evaluation"]}
         report["timing"].update(smoothing["timing"])
     target = recipe.export.quantized
+    if target and recipe.stage != "full":
+        log.warning("stage %s stops before quantization: export.quantized is skipped", recipe.stage)
     if recipe.quantization.enabled and recipe.stage == "full":
         t2 = time.perf_counter()
         states = {"baseline": (loaded.model, "the model as loaded", None)}

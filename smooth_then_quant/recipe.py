@@ -34,6 +34,21 @@ class CalibrationSection(Section):
     seed: int = 0
     batch_size: int = Field(4, ge=1)
 
+    @field_validator("data")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return _check_source(v)
+
+
+def _check_source(v: str) -> str:
+    from .load.data import check_source
+
+    try:
+        check_source(v)
+    except SmoothQuantError as e:
+        raise ValueError(str(e)) from None
+    return v
+
 
 class MassiveSection(Section):
     abs_threshold: float = Field(100.0, gt=0)
@@ -180,6 +195,13 @@ class EvaluationSection(Section):
     batch_size: int = Field(1, ge=1)
     per_intervention: bool = True  # evidence for each intervention alone, not only combined
     evidence_samples: int = Field(8, ge=1)  # calibration windows probed before/after
+
+    @field_validator("datasets")
+    @classmethod
+    def _sources(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("list at least one dataset (offline, wikitext2, c4 or a .txt/.jsonl file)")
+        return [_check_source(d) for d in v]
 
 
 class QuantizedExportSection(Section):

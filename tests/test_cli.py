@@ -12,6 +12,8 @@ from smooth_then_quant.cli import main
     ("output_dir: o\nmodel: /nonexistent/model.gguf\n", [], "model file not found"),
     ("output_dir: o\nmodel: ./no/such/folder\n", [], "model not found"),
     ("output_dir: o\n", ["calibration.seq_len=1"], "calibration.seq_len"),
+    ("output_dir: o\ncalibration: {data: /nope/cal.txt}\n", [], "data file not found"),  # before any model loads
+    ("output_dir: o\nevaluation: {datasets: [offline, wikitext3]}\n", [], "unknown data source 'wikitext3'"),
     # found by the property-based test: a key holding a newline, and YAML's multi-line messages
     ('output_dir: o\n"\\n_x": 1\n', [], "unknown key '\\n_x'"),
     ("output_dir: o\n  bad: [\n", [], "is not valid YAML"),

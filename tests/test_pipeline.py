@@ -114,7 +114,7 @@ def test_quantized_export_reloads_to_the_reported_perplexity(tmp_path, sensitive
     ids, _ = evaluation_windows(loaded.tokenizer, "offline", 64, 3)
     assert perplexity(loaded.model, ids, 3, False) == pytest.approx(row["ppl"]["offline"], rel=1e-5)
     card = (out / "quantized" / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: transformers") and "| W4A8 | paper's smoothing |" in card
+    assert card.startswith("---\nlibrary_name: transformers") and "| W4A8 | paper's smoothing **← this checkpoint** |" in card
     assert "```yaml\nstage: full" in card and "per_tensor" in card  # the recipe, as run
     assert "| migrate_norm |" in (out / "model" / "README.md").read_text()
     assert json.loads((out / "quantized" / "report.json").read_text())["quantization"]["rows"] == \

@@ -43,9 +43,10 @@ PATHS = [p for p in _valid_paths() if p != ("output_dir",)]
 
 @st.composite
 def broken_recipes(draw, out):
-    """A recipe dict with at least one defect: an unknown key, a wrong value, or a missing model file."""
+    """A recipe dict with at least one defect: an unknown key, a wrong value, a bad range, or a missing
+    model or data file."""
     raw = {"output_dir": out}
-    defect = draw(st.sampled_from(["unknown", "value", "missing_model", "range"]))
+    defect = draw(st.sampled_from(["unknown", "value", "missing_model", "missing_data", "range"]))
     path = draw(st.sampled_from(PATHS))
     node = raw
     for part in path[:-1]:
@@ -59,6 +60,12 @@ def broken_recipes(draw, out):
     elif defect == "range":
         raw.setdefault("calibration", {})[draw(st.sampled_from(["samples", "seq_len", "batch_size"]))] = \
             draw(st.integers(-1000, 0))
+    elif defect == "missing_data":
+        missing = draw(st.sampled_from(["/nonexistent/cal.txt", "no-such.jsonl", "wikitext3"]))
+        if draw(st.booleans()):
+            raw["calibration"] = {"data": missing}
+        else:
+            raw["evaluation"] = {"datasets": ["offline", missing]}
     else:
         raw["model"] = draw(st.sampled_from(["/nonexistent/m.gguf", "./no/such/folder", "/tmp/does-not-exist/x"]))
     return raw

@@ -38,6 +38,19 @@ class Text:
     provenance: dict
 
 
+def check_source(source: str) -> None:
+    """Fail fast (at recipe validation, before any model is loaded) on a source that cannot work."""
+    if source == OFFLINE or source in HUB_SOURCES:
+        return
+    path = Path(source).expanduser()
+    if path.suffix not in (".txt", ".jsonl"):
+        raise SmoothQuantError(f"unknown data source '{source}': use 'offline' (Python's documentation text, no "
+                               f"network), 'wikitext2', 'c4', or a path to a .txt / .jsonl file.")
+    if not path.is_file():
+        raise SmoothQuantError(f"data file not found: {path}. Use an existing .txt/.jsonl file, "
+                               f"'offline', 'wikitext2' or 'c4'.")
+
+
 def load_text(source: str, part: Part) -> Text:
     if source == OFFLINE:
         import pydoc_data.topics as topics

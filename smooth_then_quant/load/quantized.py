@@ -27,18 +27,19 @@ log = logging.getLogger(__name__)
 
 
 def gptq_settings(config) -> tuple[int, int, bool] | None:
-    """(bits, group_size, sym) when config describes a GPTQ v1 checkpoint we can unpack; None if not GPTQ."""
+    """(bits, group_size, sym) when config describes a GPTQ checkpoint (unpacked here); None for any
+    other checkpoint (float, or another quantization transformers loads itself)."""
     qc = getattr(config, "quantization_config", None)
     if qc is None:
         return None
     qc = qc if isinstance(qc, dict) else qc.to_dict()
     if qc.get("quant_method") != "gptq":
-        raise SmoothQuantError(f"checkpoint quantization '{qc.get('quant_method')}' is not supported by this loader "
-                               "(GPTQ is); load it with transformers directly.")
+        return None
     fmt = qc.get("checkpoint_format") or qc.get("format") or "gptq"
     if fmt != "gptq" or qc.get("bits") not in (2, 4, 8) or not qc.get("sym", True):
         raise SmoothQuantError(f"GPTQ checkpoint with format {fmt}, bits {qc.get('bits')}, sym {qc.get('sym')}: only "
-                               "symmetric v1 (format gptq) with 2, 4 or 8 bits is unpacked here.")
+                               "symmetric v1 (format gptq) with 2, 4 or 8 bits is unpacked here; load it with "
+                               "transformers directly.")
     return int(qc["bits"]), int(qc["group_size"]), True
 
 

@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import yaml
 
+from ..load.model import DEFAULT_MODEL, DEFAULT_MODEL_ID
 from .markdown import _table
 from .quantization import STATE_LABEL, _cell
 
 
+def _base_model(report: dict) -> str | None:
+    m = report["model"]
+    return DEFAULT_MODEL_ID if m["name"] == DEFAULT_MODEL else m["name"] if m.get("source") == "hub" else None
+
+
 def _front_matter(report: dict, tags: list[str]) -> list[str]:
     meta = {"library_name": "transformers", "tags": ["smooth-then-quant", *tags]}
-    if report["model"].get("source") == "hub":
-        meta["base_model"] = report["model"]["name"]
+    if _base_model(report):
+        meta["base_model"] = _base_model(report)
     return ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", ""]
 
 
-def _perplexity(report: dict) -> list[str]:
+def _perplexity(report: dict, this: tuple | None = None) -> list[str]:
     q = report.get("quantization")
     if q:
         datasets = q["datasets"]
         return ["## Perplexity", "", "ΔPPL is taken against the float, unsmoothed model; "
                 "\"degradation reduced\" against the unsmoothed row of the same scheme.", "",
                 _table(["scheme", "smoothing", *[f"{d} PPL (ΔPPL)" for d in datasets]],
-                       [[r["scheme"], STATE_LABEL.get(r["state"], r["state"]), *[_cell(r, d) for d in datasets]]
-                        for r in q["rows"]]),
+                       [[r["scheme"], STATE_LABEL.get(r["state"], r["state"])
+                         + (" **← this checkpoint**" if (r["scheme"], r["state"]) == this else ""),
+                         *[_cell(r, d) for d in datasets]] for r in q["rows"]]),
                 "", *[f"- **{s['name']}**: {s['description']}" for s in q["schemes"]], ""]
     states = report.get("smoothing", {}).get("states", [])
     rows = [[s["name"], *[f"{v:.4g}" for v in s.get("ppl", {}).values()]] for s in states]
@@ -43,14 +50,14 @@ def _plan(report: dict) -> list[str]:
 
 def render_model_card(report: dict, kind: str, scheme: str | None = None, state: str | None = None) -> str:
     """kind: 'smoothed' (float checkpoint) or 'quantized' (GPTQ format of `scheme` on `state`)."""
-    name = report["model"]["name"]
+    name = (_base_model(report) or report["model"]["name"]).rsplit("/", 1)[-1]
     runtime = any(not r["foldable"] for r in report.get("smoothing", {}).get("plan", {}).get("summary", []))
     lines = []
     if kind == "quantized":
         sch = next(s for s in report["quantization"]["schemes"] if s["name"] == scheme)
         w = sch["weights"]
         lines += _front_matter(report, ["gptq", f"int{w['bits']}"])
-        lines += [f"# {name}: {scheme} ({STATE_LABEL.get(state, state)})", "",
+        lines += [f"# {name}: {scheme}, {STATE_LABEL.get(state, state)}", "",
                   f"Quantized with smooth-then-quant {report['tool']['version']}: {sch['description']}. Smoothing "
                   f"before quantization: {report['quantization']['states'][state]}.", "",
                   "Weights are in GPTQ format (v1, `quant_method: gptq`): transformers (with `gptqmodel` and "
@@ -61,8 +68,9 @@ def render_model_card(report: dict, kind: str, scheme: str | None = None, state:
                                                            sch["activations"] else ""), "",
                   "```python", "from smooth_then_quant import load_model  # exact float reproduction of the table",
                   "loaded = load_model(\"path/to/this/folder\")", "",
-                  "from transformers import AutoModelForCausalLM  # GPTQModel kernels",
-                  "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/folder\")", "```", ""]
+                  "from transformers import AutoModelForCausalLM, GPTQConfig  # GPTQModel kernels",
+                  "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/folder\")",
+                  f"# on CPU: ..., quantization_config=GPTQConfig(bits={w['bits']}, backend=\"torch\")", "```", ""]
     else:
         lines += _front_matter(report, ["smoothed"])
         lines += [f"# {name}, smoothed for quantization", "",
@@ -74,7 +82,7 @@ def render_model_card(report: dict, kind: str, scheme: str | None = None, state:
                   ["from transformers import AutoModelForCausalLM  # everything is folded into the weights",
                    "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/folder\")"])
         lines += ["```", ""]
-    lines += _perplexity(report)
+    lines += _perplexity(report, (scheme, state) if kind == "quantized" else ("FP", "smoothed"))
     ev = report.get("quantization", report.get("smoothing", {})).get("evaluation", {})
     if ev:
         lines += ["Evaluation: " + "; ".join(f"{d}: " + ", ".join(f"{k} {x}" for k, x in v.items()
