@@ -60,20 +60,15 @@ def load_text(source: str, part: Part) -> Text:
         return _split(full, part, {"name": OFFLINE, "origin": f"pydoc_data.topics (Python {sys.version.split()[0]})"})
     if source in HUB_SOURCES:
         return _load_hub(source, part)
+    check_source(source)  # a .txt / .jsonl file that exists
     path = Path(source).expanduser()
-    if path.suffix in (".txt", ".jsonl"):
-        if not path.is_file():
-            raise SmoothQuantError(f"data file not found: {path}. Use an existing .txt/.jsonl file, "
-                                   f"'offline', 'wikitext2' or 'c4'.")
-        raw = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            try:
-                raw = "\n\n".join(json.loads(line)["text"] for line in raw.splitlines() if line.strip())
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise SmoothQuantError(f"{path}: every line must be a JSON object with a \"text\" field ({e}).") from None
-        return _split(raw, part, {"name": str(path), "file_sha256": hashlib.sha256(raw.encode()).hexdigest()})
-    raise SmoothQuantError(f"unknown data source '{source}': use 'offline' (Python's documentation text, no network), "
-                           f"'wikitext2', 'c4', or a path to a .txt / .jsonl file.")
+    raw = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        try:
+            raw = "\n\n".join(json.loads(line)["text"] for line in raw.splitlines() if line.strip())
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise SmoothQuantError(f"{path}: every line must be a JSON object with a \"text\" field ({e}).") from None
+    return _split(raw, part, {"name": str(path), "file_sha256": hashlib.sha256(raw.encode()).hexdigest()})
 
 
 def _split(full: str, part: Part, prov: dict) -> Text:

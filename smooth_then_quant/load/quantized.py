@@ -20,7 +20,7 @@ from torch import nn
 from ..arch import adapter_for
 from ..errors import SmoothQuantError
 from ..quantize.fake import attach_act_quant_, weight_view
-from ..quantize.grid import GRID_ATTR
+from ..quantize.grid import GRID_ATTR, natural_g_idx
 from ..quantize.rtn import ActQuant
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,8 @@ def load_gptq_projections_(model: nn.Module, tensors: dict[str, torch.Tensor], b
                  if f"{name}.{k}" in tensors}
         if "qweight" not in parts:
             raise SmoothQuantError(f"{source}: projection {name} has no qweight; not a GPTQ checkpoint of this model.")
-        in_f = weight_view(m).shape[1]
         if "g_idx" not in parts:  # older checkpoints without act order omit it
-            parts["g_idx"] = (torch.arange(in_f) // (group_size if group_size > 0 else in_f)).to(torch.int32)
+            parts["g_idx"] = natural_g_idx(weight_view(m).shape[1], group_size)
         w, grid = from_gptq_tensors(parts, bits, group_size, sym)
         weight_view(m).copy_(w.to(m.weight.dtype))
         if "bias" in parts:

@@ -6,7 +6,7 @@ import yaml
 
 from ..load.model import DEFAULT_MODEL, DEFAULT_MODEL_ID
 from .markdown import _table
-from .quantization import STATE_LABEL, _cell
+from .quantization import STATE_LABEL, quantization_table
 
 
 def _base_model(report: dict) -> str | None:
@@ -24,13 +24,9 @@ def _front_matter(report: dict, tags: list[str]) -> list[str]:
 def _perplexity(report: dict, this: tuple | None = None) -> list[str]:
     q = report.get("quantization")
     if q:
-        datasets = q["datasets"]
         return ["## Perplexity", "", "ΔPPL is taken against the float, unsmoothed model; "
                 "\"degradation reduced\" against the unsmoothed row of the same scheme.", "",
-                _table(["scheme", "smoothing", *[f"{d} PPL (ΔPPL)" for d in datasets]],
-                       [[r["scheme"], STATE_LABEL.get(r["state"], r["state"])
-                         + (" **← this checkpoint**" if (r["scheme"], r["state"]) == this else ""),
-                         *[_cell(r, d) for d in datasets]] for r in q["rows"]]),
+                quantization_table(q, this),
                 "", *[f"- **{s['name']}**: {s['description']}" for s in q["schemes"]], ""]
     states = report.get("smoothing", {}).get("states", [])
     rows = [[s["name"], *[f"{v:.4g}" for v in s.get("ppl", {}).values()]] for s in states]

@@ -22,17 +22,22 @@ def _cell(row: dict, d: str) -> str:
     return text
 
 
+def quantization_table(q: dict, mark: tuple[str, str] | None = None) -> str:
+    """The markdown table of report["quantization"]; `mark` (scheme, state) flags one row."""
+    return _table(["scheme", "smoothing", *[f"{d} PPL (ΔPPL)" for d in q["datasets"]]],
+                  [[r["scheme"], STATE_LABEL.get(r["state"], r["state"])
+                    + (" **← this checkpoint**" if (r["scheme"], r["state"]) == mark else ""),
+                    *[_cell(r, d) for d in q["datasets"]]] for r in q["rows"]])
+
+
 def render_quantization(report: dict) -> str:
     q = report["quantization"]
-    datasets = q["datasets"]
     lines = ["## Quantization", "",
              "Perplexity (ΔPPL to the float, unsmoothed model). \"Degradation reduced\" compares a smoothed "
              "row's ΔPPL with the unsmoothed row of the same scheme: 1 − ΔPPL(smoothed) / ΔPPL(baseline), shown where "
              "the unsmoothed row loses more than 0.1 % of the float perplexity. "
              "The paper's smoothing counts its own float cost, since ΔPPL is taken against the original model.", ""]
-    lines.append(_table(["scheme", "smoothing", *[f"{d} PPL (ΔPPL)" for d in datasets]],
-                        [[r["scheme"], STATE_LABEL.get(r["state"], r["state"]), *[_cell(r, d) for d in datasets]]
-                         for r in q["rows"]]))
+    lines.append(quantization_table(q))
     lines += ["", "Schemes:", ""]
     lines += [f"- **{s['name']}**: {s['description']}" for s in q["schemes"]]
     lines += ["", "Smoothing states:", ""]
