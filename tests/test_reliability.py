@@ -103,7 +103,9 @@ def test_garbage_files_and_overrides_fail_cleanly(tmp_path_factory, text, sets):
 
 
 DRIVER = textwrap.dedent("""
-    import pathlib, sys, time
+    import pathlib, signal, sys, time
+    # as in a terminal: a shell starts background jobs (CI) with SIGINT ignored, and Python keeps that
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import smooth_then_quant.pipeline as p
     from smooth_then_quant.cli import main
     real = p.save_smoothed
@@ -118,11 +120,12 @@ DRIVER = textwrap.dedent("""
 
 def _start_and_wait_for_export(tmp_path, recipe):
     marker = tmp_path / "marker"
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(recipe), str(marker)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    with open(tmp_path / "stderr.txt", "w") as err:  # a file, not a pipe: a full pipe would block the child
+        proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(recipe), str(marker)], stdout=subprocess.DEVNULL,
+                                stderr=err)
     t0 = time.time()
     while not marker.exists():
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]
         assert time.time() - t0 < 300, "the run never reached the export"
         time.sleep(0.2)
     return proc
@@ -141,7 +144,7 @@ def test_a_run_killed_during_export_leaves_nothing_partial(tmp_path):
         assert any(tmp_path.glob(".out.partial-*/model/model.safetensors"))  # it was half-way through the export
         proc.send_signal(sig)
         assert proc.wait(60) == code
-        assert "no partial output" in proc.stderr.read()
+        assert "no partial output" in (tmp_path / "stderr.txt").read_text()
         assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*")), list(tmp_path.iterdir())
         (tmp_path / "marker").unlink()
     # SIGKILL cannot be caught: the output_dir is still never half-written, and the next run
