@@ -66,7 +66,9 @@ def render_model_card(report: dict, kind: str, scheme: str | None = None, state:
                   "loaded = load_model(\"path/to/this/folder\")", "",
                   "from transformers import AutoModelForCausalLM, GPTQConfig  # GPTQModel kernels",
                   "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/folder\")",
-                  f"# on CPU: ..., quantization_config=GPTQConfig(bits={w['bits']}, backend=\"torch\")", "```", ""]
+                  f"# on CPU: ..., quantization_config=GPTQConfig(bits={w['bits']}, backend=\"torch\")", "",
+                  "from vllm import LLM  # its GPTQ kernels (checked on vLLM's CPU build)",
+                  "llm = LLM(\"path/to/this/folder\")", "```", ""]
     else:
         lines += _front_matter(report, ["smoothed"])
         lines += [f"# {name}, smoothed for quantization", "",
