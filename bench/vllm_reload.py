@@ -1,15 +1,17 @@
-"""Benchmark: the quickstart's GPTQ export in three loaders, scored on the same windows.
+"""Benchmark: our quantized exports in three loaders, scored on the same windows.
 
     bash scripts/setup_vllm.sh                      # once: .venv-vllm with vLLM's CPU build (~3.5 GB)
-    .venv/bin/python bench/vllm_reload.py           # runs recipes/quickstart.yaml, then scores its export
-    .venv/bin/python bench/vllm_reload.py --run runs/quickstart   # an existing run folder instead
+    .venv/bin/python bench/vllm_reload.py           # runs the recipes below, then scores their exports
+    .venv/bin/python bench/vllm_reload.py --run runs/quickstart   # existing run folders instead
 
-Loaders: smooth_then_quant.load_model (unpacks the integers to float32), transformers with GPTQModel's
-torch kernel (GPTQConfig(backend="torch"); it dequantizes the packed integers on the fly), and vLLM's CPU
-engine
-(bench/vllm_score.py inside .venv-vllm; prompt logprobs). Every loader gets the run's own
-evaluation windows; the table compares each to the perplexity the run reported for the exported
-cell. Writes bench/results/vllm.md.
+Runs: recipes/quickstart.yaml (W4A16 smoothed, GPTQ format); recipes/w8a8.yaml made quicker (W8A8
+smoothed: int8 weights and per-token int8 activations, compressed-tensors format); recipes/w4a8.yaml
+made quicker with per-token instead of static activations (vLLM has no W4A8 kernel for static ones).
+Loaders: smooth_then_quant.load_model (integers unpacked to float32, our A8 quantizer), transformers
+(GPTQ: GPTQModel's torch kernel via GPTQConfig(backend="torch"); compressed-tensors: that library's
+decompression and activation quantization), and vLLM's CPU engine (bench/vllm_score.py inside
+.venv-vllm; prompt logprobs). Every loader gets the run's own evaluation windows; the table compares
+each to the perplexity the run reported for the exported cell. Writes bench/results/vllm.md.
 """
 from __future__ import annotations
 
@@ -31,10 +33,23 @@ ROOT = HERE.parent
 VLLM_PY = ROOT / ".venv-vllm" / "bin" / "python"
 
 
-def run_quickstart(out: Path) -> None:
-    cmd = [sys.executable, "-m", "smooth_then_quant", str(ROOT / "recipes" / "quickstart.yaml"), "-q",
-           "--set", f"output_dir={out}"]
+RUNS = {  # name -> (recipe, overrides)
+    "quickstart": ("quickstart", []),
+    "w8a8-compressed-tensors": ("w8a8", ["quantization.compare=[baseline,smoothed]", "calibration.samples=16",
+                                         "evaluation.max_windows=16", "export.quantized.format=compressed-tensors"]),
+    "w4a8-per-token-compressed-tensors": ("w4a8", [  # vLLM's W4A8 kernel wants per-token dynamic activations
+        "quantization.compare=[baseline,smoothed]", "calibration.samples=16", "evaluation.max_windows=16",
+        "quantization.schemes.W4A8.activations.granularity=per_token", "export.quantized.format=compressed-tensors"]),
+}
+VLLM_DTYPES = {"gptq": ["bfloat16", "float16"], "compressed-tensors": ["bfloat16", "float32"]}  # int8 GEMM: no fp16
+
+
+def run_recipe(name: str, out: Path) -> str:
+    recipe, overrides = RUNS[name]
+    cmd = [sys.executable, "-m", "smooth_then_quant", str(ROOT / "recipes" / f"{recipe}.yaml"), "-q",
+           "--set", f"output_dir={out}", *[a for o in overrides for a in ("--set", o)]]
     subprocess.run(cmd, check=True)
+    return " ".join(["smooth-quant", f"recipes/{recipe}.yaml", *[f"--set '{o}'" for o in overrides]])
 
 
 def reported_cell(report: dict) -> tuple[str, str, float]:
@@ -56,15 +71,16 @@ def ours(folder: Path, ids: torch.Tensor) -> dict:
             "dtype": "float32 (unpacked integers)"}
 
 
-def transformers_gptq(folder: Path, ids: torch.Tensor, bits: int) -> dict:
+def transformers_load(folder: Path, ids: torch.Tensor, qc: dict) -> dict:
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
     from transformers import AutoModelForCausalLM, GPTQConfig
 
     from smooth_then_quant.evaluate import window_nll
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=GPTQConfig(bits=bits, backend="torch"))
+    kw = {"quantization_config": GPTQConfig(bits=qc["bits"], backend="torch")} if qc["quant_method"] == "gptq" else {}
+    model = AutoModelForCausalLM.from_pretrained(folder, **kw)
     load_s = time.perf_counter() - t0
-    kernel = type(model.model.layers[0].mlp.down_proj).__name__
+    kernel = "compressed-tensors" if kw == {} else type(model.model.layers[0].mlp.down_proj).__name__
     t0 = time.perf_counter()
     nll = window_nll(model.eval(), ids, 1, False)
     return {"window_nll": nll.tolist(), "load_s": load_s, "score_s": time.perf_counter() - t0,
@@ -91,18 +107,24 @@ def vllm_version() -> str:
                           text=True).stdout.strip().splitlines()[-1]
 
 
-def write_table(path: Path, args_line: str, cell, reported: float, results: list[tuple[str, dict]],
-                n_windows: int, seq_len: int, vllm_ver: str) -> str:
+def header(args_line: str, vllm_ver: str) -> list[str]:
+    return ["# Our quantized exports in smooth_then_quant, transformers and vLLM", "",
+            f"Command: `{args_line}`  ",
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, vLLM {vllm_ver} "
+            f"(CPU build, .venv-vllm), {time.strftime('%Y-%m-%d')}.", "",
+            "All loaders read the same integers and scales. Ours and transformers compute in float32; vLLM "
+            "computes the whole model (embeddings, norms, attention, not only the quantized projections) in the "
+            "dtype shown, so a difference of that precision's size is expected there.", ""]
+
+
+def section(title: str, made_by: str, fmt: str, cell, reported: float, results: list[tuple[str, dict]],
+            n_windows: int, seq_len: int) -> list[str]:
     scheme, state, _ = cell
     lines = [
-        "# The quickstart's GPTQ export in smooth_then_quant, transformers and vLLM",
-        "",
-        f"Command: `{args_line}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, vLLM {vllm_ver} "
-        f"(CPU build, .venv-vllm), {time.strftime('%Y-%m-%d')}.",
-        "",
-        f"Exported cell: {scheme} {state}; the run reported perplexity {reported:.6f} on {n_windows} windows of "
-        f"{seq_len} tokens. Each loader reads the same `quantized/` folder and scores the same windows.",
+        f"## {title}", "",
+        f"Made by `{made_by}`. Exported cell: {scheme} {state}, {fmt} format; the run reported perplexity "
+        f"{reported:.6f} on {n_windows} windows of {seq_len} tokens. Each loader reads the same `quantized/` "
+        "folder and scores the same windows.",
         "",
         "| loader | arithmetic | perplexity | vs reported | max abs Δ window NLL vs ours | load (s) | score (s) |",
         "|---|---|---|---|---|---|---|",
@@ -116,41 +138,48 @@ def write_table(path: Path, args_line: str, cell, reported: float, results: list
         dmax = max(abs(a - b) for a, b in zip(r["window_nll"], base))
         lines.append(f"| {name} | {r['dtype']} | {ppl:.4f} | {100 * (ppl / reported - 1):+.3f} % | {dmax:.4f} | "
                      f"{r['load_s']:.0f} | {r['score_s']:.0f} |")
-    lines += ["", "All loaders read the same integers and scales. The first two compute in float32; vLLM computes "
-              "the whole model (embeddings, norms, attention, not only the quantized projections) in the dtype "
-              "shown, so a difference of that precision's size is expected there."]
-    text = "\n".join(lines) + "\n"
-    path.write_text(text)
-    return text
+    return lines + [""]
+
+
+def score_run(run: Path, tmp: Path, dtypes: list[str] | None) -> tuple:
+    from transformers import AutoTokenizer
+
+    from smooth_then_quant.evaluate import evaluation_windows
+    report = json.loads((run / "report.json").read_text())
+    cell = reported_cell(report)
+    ev = report["recipe"]["evaluation"]
+    folder = run / "quantized"
+    ids, _ = evaluation_windows(AutoTokenizer.from_pretrained(folder), ev["datasets"][0], ev["seq_len"],
+                                ev["max_windows"])
+    windows_json = tmp / f"{run.name}-windows.json"
+    windows_json.write_text(json.dumps(ids.tolist()))
+    qc = json.loads((folder / "config.json").read_text())["quantization_config"]
+    fmt = qc["quant_method"]
+    results = [("smooth_then_quant", ours(folder, ids)), ("transformers", transformers_load(folder, ids, qc))]
+    results += [("vLLM", vllm(folder, windows_json, d)) for d in (dtypes or VLLM_DTYPES[fmt])]
+    return fmt, cell, results, ids.shape
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, help="an existing run folder (report.json + quantized/); default: "
-                                             "run recipes/quickstart.yaml into a temporary folder")
-    ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16"], help="vLLM dtypes to try")
+    ap.add_argument("--run", type=Path, nargs="+", help="existing run folders (report.json + quantized/); default: "
+                                                        f"run {', '.join(RUNS)} into a temporary folder")
+    ap.add_argument("--dtypes", nargs="+", help="vLLM dtypes to try (default: per format)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "vllm.md")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        run = args.run or Path(tmp) / "quickstart"
-        if args.run is None:
-            run_quickstart(run)
-        report = json.loads((run / "report.json").read_text())
-        cell = reported_cell(report)
-        from transformers import AutoTokenizer
-
-        from smooth_then_quant.evaluate import evaluation_windows
-        ev = report["recipe"]["evaluation"]
-        folder = run / "quantized"
-        ids, _ = evaluation_windows(AutoTokenizer.from_pretrained(folder), ev["datasets"][0], ev["seq_len"],
-                                    ev["max_windows"])
-        windows_json = Path(tmp) / "windows.json"
-        windows_json.write_text(json.dumps(ids.tolist()))
-        bits = json.loads((folder / "config.json").read_text())["quantization_config"]["bits"]
-        results = [("smooth_then_quant", ours(folder, ids)), ("transformers", transformers_gptq(folder, ids, bits))]
-        results += [("vLLM", vllm(folder, windows_json, d)) for d in args.dtypes]
-        line = "python bench/vllm_reload.py" + (f" --run {args.run}" if args.run else "")
-        print(write_table(args.out, line, cell, cell[2], results, ids.shape[0], ids.shape[1], vllm_version()))
+        runs = [(r.name, r, f"an existing run ({r})") for r in args.run] if args.run else []
+        for name in ([] if args.run else RUNS):
+            out = Path(tmp) / name
+            runs.append((name, out, run_recipe(name, out)))
+        lines = header("python bench/vllm_reload.py" + (" --run " + " ".join(map(str, args.run)) if args.run else ""),
+                       vllm_version())
+        for name, run, made_by in runs:
+            fmt, cell, results, (n, t) = score_run(run, Path(tmp), args.dtypes)
+            lines += section(name, made_by, fmt, cell, cell[2], results, n, t)
+        text = "\n".join(lines)
+        args.out.write_text(text)
+        print(text)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Python API (each stage a function with a typed config; functions ending in _ mod
     export_smoothed(loaded.model, loaded.tokenizer, plan, "smoothed-model")
     quantize_(loaded.model, Scheme("W4A8", GPTQConfig(bits=4, group_size=64), ActQuant(8, "per_tensor")), ids)
     export_quantized(loaded.model, loaded.tokenizer, "smollm2-w4a8", plan=plan)   # GPTQ format
+    # or format="compressed-tensors": the A8 activation scheme travels with it (vLLM int8 activations)
 """
 __version__ = "0.1.0"
 

@@ -80,7 +80,8 @@ def render_summary(s: dict) -> str:
     if s.get("model"):
         lines.append(f"  smoothed model    {s['model']} (safetensors, model card README.md)")
     if s.get("quantized"):
-        lines.append(f"  quantized model   {s['quantized']} (GPTQ format, model card README.md)")
+        fmt = "GPTQ" if s.get("quantized_format", "gptq") == "gptq" else s["quantized_format"]
+        lines.append(f"  quantized model   {s['quantized']} ({fmt} format, model card README.md)")
     if s.get("hub"):
         lines.append(f"  pushed to         {s['hub']}")
     return "\n".join(lines)

@@ -135,7 +135,7 @@ def paper_state(recipe: Recipe, loaded, cal_ids, analysis, progress: bool = True
 def run_quantization(recipe: Recipe, loaded, cal_ids, states: dict, cache: PerplexityCache,
                      progress: bool = True, export_to: Path | None = None) -> dict:
     """{FP, every scheme} x every state (name -> (model, description, plan)) on every evaluation
-    dataset. With `export_to`, the cell recipe.export.quantized names is written there (GPTQ format)."""
+    dataset. With `export_to`, the cell recipe.export.quantized names is written there."""
     tok, ev, target = loaded.tokenizer, recipe.evaluation, recipe.export.quantized
     ecfg, scs = eval_config(recipe, progress), schemes(recipe, progress)
     by_weights: dict[tuple, list[Scheme]] = {}  # schemes sharing a weight config share one GPTQ run
@@ -155,15 +155,16 @@ def run_quantization(recipe: Recipe, loaded, cal_ids, states: dict, cache: Perpl
                 ppl[(sc.name, state)] = {d: cache.perplexity(q, tok, d, ecfg, state=repr(sc.activations),
                                                              desc=f"{sc.name} {state}: {d}") for d in ev.datasets}
                 if export_to is not None and target is not None and (target.scheme, target.state) == (sc.name, state):
-                    log.info("writing the %s / %s checkpoint (GPTQ format)", sc.name, state)
-                    save_quantized(q, tok, export_to, plan=plan)
+                    log.info("writing the %s / %s checkpoint (%s format)", sc.name, state, target.format)
+                    save_quantized(q, tok, export_to, plan=plan, format=target.format)
                 detach_act_quant_(q)
             del q
             gc.collect()
     names = list(states)
     return {"datasets": list(ev.datasets), "rows": degradation_rows(ppl, [sc.name for sc in scs], names, ev.datasets),
             "schemes": [sc.to_dict() for sc in scs], "states": {k: v[1] for k, v in states.items()},
-            **({"export": {"scheme": target.scheme, "state": target.state}} if export_to and target else {}),
+            **({"export": {"scheme": target.scheme, "state": target.state, "format": target.format}}
+               if export_to and target else {}),
             "weights": weights, "evaluation": {d: cache.windows(tok, d, ecfg)[1] for d in ev.datasets}}
 
 
@@ -177,6 +178,8 @@ def run(recipe: Recipe, progress: bool = True) -> dict:
     summary = {"output_dir": str(out), "report": str(out / "report.md"),
                "plots": [str(out / p) for p in report.get("plots", [])],
                **{k: str(out / v) for k, v in report.get("export", {}).items()}}
+    if "quantized" in summary:
+        summary["quantized_format"] = recipe.export.quantized.format
     if recipe.export.push_to_hub:
         if not report["export"]:
             raise SmoothQuantError("export.push_to_hub is set but nothing was exported (export.model is false or "

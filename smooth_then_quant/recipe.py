@@ -205,9 +205,10 @@ class EvaluationSection(Section):
 
 
 class QuantizedExportSection(Section):
-    """Write one cell of the table as a GPTQ-format checkpoint (output_dir/quantized)."""
+    """Write one cell of the table as a quantized checkpoint (output_dir/quantized)."""
     scheme: str = "W4A16"  # a name under quantization.schemes
     state: Literal["baseline", "paper", "smoothed"] = "smoothed"
+    format: Literal["gptq", "compressed-tensors"] = "gptq"  # compressed-tensors also carries A8 (vLLM int8)
 
 
 class ExportSection(Section):
@@ -244,6 +245,10 @@ class Recipe(Section):
                 raise ValueError("export.quantized needs quantization.enabled: true")
             if q.state == "smoothed" and not self.smoothing.enabled:
                 raise ValueError("export.quantized.state 'smoothed' needs smoothing.enabled: true")
+            w = self.quantization.schemes[q.scheme].weights
+            if q.format == "compressed-tensors" and w.method == "gptq" and w.act_order != "off":
+                raise ValueError(f"export.quantized.format compressed-tensors cannot hold scheme '{q.scheme}' with "
+                                 f"act_order {w.act_order} (permuted groups); use act_order off, or format gptq")
         if self.export.push_to_hub is not None and self.export.push_to_hub.count("/") != 1:
             raise ValueError(f"export.push_to_hub must be a Hub repo id 'user/name' (got '{self.export.push_to_hub}')")
         return self

@@ -32,7 +32,7 @@ def describe_stages(recipe: Recipe) -> list[str]:
     lines.append(f"export   {recipe.output_dir}/ (report.md, report.json, plots"
                  + (", smoothing_plan.json" if smooth_on else "")
                  + (", model/ (smoothed float)" if smooth_on and x.model else "")
-                 + (f", quantized/ ({x.quantized.scheme} on {x.quantized.state}, GPTQ format)"
+                 + (f", quantized/ ({x.quantized.scheme} on {x.quantized.state}, {x.quantized.format} format)"
                     if quant_on and x.quantized else "") + ")")
     if x.push_to_hub:
         lines.append(f"push     {'quantized/' if quant_on and x.quantized else 'model/'} to the Hub repo "

@@ -19,6 +19,11 @@ from smooth_then_quant.cli import main
     ("output_dir: o\n  bad: [\n", [], "is not valid YAML"),
     ("output_dir: o\nexport: {quantized: {scheme: W9}}\nquantization: {enabled: true}\n", [],
      "export.quantized.scheme 'W9' is not one of quantization.schemes"),
+    ("output_dir: o\nexport: {quantized: {scheme: W4A16, format: awq}}\nquantization: {enabled: true}\n", [],
+     "export.quantized.format"),
+    ("output_dir: o\nexport: {quantized: {scheme: W4A16, format: compressed-tensors, state: baseline}}\n"
+     "quantization: {enabled: true, schemes: {W4A16: {weights: {act_order: desc}}}}\n", [],
+     "compressed-tensors cannot hold scheme 'W4A16' with act_order desc"),
 ])
 def test_user_errors_exit_2_with_one_paragraph(tmp_path, capsys, text, overrides, needle):
     p = tmp_path / "r.yaml"

@@ -102,12 +102,15 @@ def test_quantization_table_has_every_row(tmp_path, sensitive_folder):
     assert (out / "quantization.png").stat().st_size > 10_000
 
 
-def test_quantized_export_reloads_to_the_reported_perplexity(tmp_path, sensitive_folder):
-    """The exported GPTQ checkpoint (W4A8 on the paper's state: runtime TMA removal + A8 ranges
-    ride along) reloads to exactly the perplexity the table reports; both exports carry a model card."""
+@pytest.mark.parametrize("fmt", ["gptq", "compressed-tensors"])
+def test_quantized_export_reloads_to_the_reported_perplexity(tmp_path, sensitive_folder, fmt):
+    """The exported checkpoint (W4A8 on the paper's state: runtime TMA removal + A8 ranges ride
+    along) reloads to exactly the perplexity the table reports; both exports carry a model card."""
     out, report = run(tmp_path, sensitive_folder, [
         "quantization.enabled=true", "quantization.schemes={W4A8: {weights: {bits: 4, group_size: 32}, "
-        "activations: {granularity: per_tensor}}}", "export.quantized={scheme: W4A8, state: paper}"])
+        "activations: {granularity: per_tensor}}}", f"export.quantized={{scheme: W4A8, state: paper, format: {fmt}}}"])
+    qc = json.loads((out / "quantized" / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == fmt
     row = next(r for r in report["quantization"]["rows"] if (r["scheme"], r["state"]) == ("W4A8", "paper"))
     loaded = load_model(str(out / "quantized"))
     assert len(runtime_ops(loaded.model)) >= 1 and "activation_quant" in loaded.provenance
@@ -115,6 +118,7 @@ def test_quantized_export_reloads_to_the_reported_perplexity(tmp_path, sensitive
     assert perplexity(loaded.model, ids, 3, False) == pytest.approx(row["ppl"]["offline"], rel=1e-5)
     card = (out / "quantized" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers") and "| W4A8 | paper's smoothing **← this checkpoint** |" in card
+    assert f"quant_method: {fmt}" in card
     assert "```yaml\nstage: full" in card and "per_tensor" in card  # the recipe, as run
     assert "| migrate_norm |" in (out / "model" / "README.md").read_text()
     assert json.loads((out / "quantized" / "report.json").read_text())["quantization"]["rows"] == \

@@ -11,7 +11,7 @@ import torch
 
 from ..arch import adapter_for
 from ..errors import SmoothQuantError
-from .quantized import gptq_settings, load_gptq_model, reattach_act_quant_
+from .quantized import load_quantized_model, quantized_format, reattach_act_quant_
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
                                f"(embedded SmolLM2) or a local folder / .gguf file.") from None
     adapter_for(config)  # unsupported architecture: fail now, not after loading gigabytes
     log.info("loading %s (%s, %s) on %s", name, kind, dtype, device)
-    if kind == "folder" and gptq_settings(config) is not None:  # a GPTQ checkpoint: unpacked to float
-        model = load_gptq_model(Path(kw["pretrained_model_name_or_path"]), config, DTYPES[dtype])
+    if kind == "folder" and quantized_format(config):  # GPTQ / compressed-tensors: unpacked to float here
+        model = load_quantized_model(Path(kw["pretrained_model_name_or_path"]), config, DTYPES[dtype])
     else:
         model = AutoModelForCausalLM.from_pretrained(**kw, **common, dtype=DTYPES[dtype])
     tokenizer = AutoTokenizer.from_pretrained(**kw, **common)
@@ -94,7 +94,7 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
     if kind == "folder":
         folder = Path(kw["pretrained_model_name_or_path"])
         prov.update(reattach_runtime_(model, folder))
-        prov.update(reattach_act_quant_(model, folder))  # after the smoothing hooks: A8 sees the smoothed input
+        prov.update(reattach_act_quant_(model, folder, config))  # after the smoothing hooks: A8 sees the smoothed input
     return LoadedModel(model, tokenizer, prov)
 
 

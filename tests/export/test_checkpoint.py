@@ -45,3 +45,15 @@ def test_export_refuses_an_existing_folder_and_leaves_nothing_partial(tmp_path):
     with pytest.raises(SmoothQuantError, match="not empty"):
         export_smoothed(model, None, SmoothingPlan("llama"), tmp_path / "out")
     assert (tmp_path / "out" / "keep").read_text() == "x" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_exported_folder_gets_the_usual_directory_mode(tmp_path):
+    """Regression: the temporary folder came from mkdtemp (0700) and kept that mode after the
+    rename, so an export on a shared machine was unreadable by the user's group."""
+    import os
+
+    from smooth_then_quant.smooth import SmoothingPlan
+
+    export_smoothed(tiny_model("llama"), None, SmoothingPlan("llama"), tmp_path / "out")
+    (tmp_path / "plain").mkdir()
+    assert os.stat(tmp_path / "out").st_mode & 0o777 == os.stat(tmp_path / "plain").st_mode & 0o777
