@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import SmoothQuantError
 from ..quantize.grid import QuantGrid
-from ..quantize.rtn import ActQuant
+from ..quantize.rtn import ActQuant, scale_zero
 
 SCHEME_NAME = "group_0"
 
@@ -102,15 +102,12 @@ def weight_tensors(weight: torch.Tensor, grid: QuantGrid, scheme) -> dict[str, t
 
 
 def input_tensors(act: ActQuant, lo: torch.Tensor, hi: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Static per-tensor activation range [lo, hi] -> input_scale (and input_zero_point), with the
-    same scale and zero our fake quantizer uses (quantize/rtn.py _round_trip)."""
-    lo, hi = lo.float().clamp(max=0), hi.float().clamp(min=0)
-    if act.symmetric:
-        scale = torch.maximum(lo.abs(), hi).clamp(min=1e-8) / (2 ** (act.bits - 1) - 1)
+    """Static per-tensor activation range [lo, hi] -> input_scale (and input_zero_point): the scale
+    and zero our fake quantizer uses, the zero made signed."""
+    scale, zero = scale_zero(act.bits, act.symmetric, lo.float(), hi.float())
+    if zero is None:
         return {"input_scale": scale.reshape(1)}
-    scale = (hi - lo).clamp(min=1e-8) / (2**act.bits - 1)
-    zero = torch.round(-lo / scale) - 2 ** (act.bits - 1)  # unsigned zero -> signed
-    return {"input_scale": scale.reshape(1), "input_zero_point": zero.to(torch.int8).reshape(1)}
+    return {"input_scale": scale.reshape(1), "input_zero_point": (zero - 2 ** (act.bits - 1)).to(torch.int8).reshape(1)}
 
 
 def ignored_linears(model: nn.Module, projections: set[str]) -> list[str]:

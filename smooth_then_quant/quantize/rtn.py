@@ -40,17 +40,24 @@ class ActQuant:
             raise SmoothQuantError(f"activation granularity must be per_token or per_tensor (got {self.granularity}).")
 
 
-def _round_trip(x: torch.Tensor, bits: int, symmetric: bool, amin: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
-    """Quantize x with ranges [amin, amax] (broadcastable to x) and dequantize."""
+def scale_zero(bits: int, symmetric: bool, amin: torch.Tensor, amax: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Ranges [amin, amax] (widened to hold 0) -> the grid's scale and unsigned zero point
+    (None for a symmetric grid). The export writes the same numbers (export/compressed_format.py)."""
     amin, amax = amin.clamp(max=0), amax.clamp(min=0)
     if symmetric:
+        return torch.maximum(amax.abs(), amin.abs()).clamp(min=1e-8) / (2 ** (bits - 1) - 1), None
+    scale = (amax - amin).clamp(min=1e-8) / (2**bits - 1)
+    return scale, (-amin / scale).round()
+
+
+def _round_trip(x: torch.Tensor, bits: int, symmetric: bool, amin: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """Quantize x with ranges [amin, amax] (broadcastable to x) and dequantize."""
+    scale, zero = scale_zero(bits, symmetric, amin, amax)
+    if zero is None:
         qmax = 2 ** (bits - 1) - 1
-        scale = torch.maximum(amax.abs(), amin.abs()).clamp(min=1e-8) / qmax
         return (x / scale).round().clamp(-qmax - 1, qmax) * scale
-    qmax = 2**bits - 1
-    scale = (amax - amin).clamp(min=1e-8) / qmax
-    zero = (-amin / scale).round()
-    return ((x / scale).round() + zero).clamp(0, qmax).sub(zero) * scale
+    return ((x / scale).round() + zero).clamp(0, 2**bits - 1).sub(zero) * scale
 
 
 def uneven_groups(in_features: int, group_size: int) -> int:
