@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,9 @@ RUNS = {  # name -> (recipe, overrides)
         "quantization.compare=[baseline,smoothed]", "calibration.samples=16", "evaluation.max_windows=16",
         "quantization.schemes.W4A8.activations.granularity=per_token", "export.quantized.format=compressed-tensors"]),
 }
-VLLM_DTYPES = {"gptq": ["bfloat16", "float16"], "compressed-tensors": ["bfloat16", "float32"]}  # int8 GEMM: no fp16
+# vLLM's CPU int8 GEMM takes only 16-bit activations ("int8_scaled_mm_with_quant: expect A to be bfloat16
+# or half", measured 2026-12-04 with float32): compressed-tensors runs in bfloat16 only
+VLLM_DTYPES = {"gptq": ["bfloat16", "float16"], "compressed-tensors": ["bfloat16"]}
 
 
 def run_recipe(name: str, out: Path) -> str:
@@ -93,11 +96,24 @@ def vllm(folder: Path, windows_json: Path, dtype: str) -> dict:
     proc = subprocess.run([str(VLLM_PY), str(HERE / "vllm_score.py"), str(folder), str(windows_json), dtype],
                           capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("VLLM_RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300], "dtype": dtype}
+    log = proc.stdout + "\n" + proc.stderr  # vLLM logs to stdout, Python to stderr
+    if line is None:
+        return {"error": _cause(log), "dtype": dtype}
     res = json.loads(line.removeprefix("VLLM_RESULT "))
     res["dtype"] = f"{dtype} (quantization: {res.pop('quantization')})"
+    if proc.returncode != 0:  # scored, then crashed while shutting down: the numbers stand, the crash is reported
+        res["note"] = f"vLLM exited with code {proc.returncode} after printing its result: {_cause(log)}"
     return res
+
+
+def _cause(log: str) -> str:
+    """The line of a failed vLLM process's output that says what went wrong (not its last warning)."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()] or ["no output"]
+    root = [ln for ln in lines if re.search(r"(Runtime|Value|Type|NotImplemented|Assertion)Error: ", ln)]
+    if root:  # the worker's own exception, not the EngineDeadError the front end raises after it
+        return re.sub(r"^.*?\] ", "", root[0])[:300]
+    hits = [ln for ln in lines if re.search(r"Error|Exception|terminate called|Aborted|No compressed-tensors", ln)]
+    return (hits or lines)[-1][:300]
 
 
 def vllm_version() -> str:
@@ -114,7 +130,9 @@ def header(args_line: str, vllm_ver: str) -> list[str]:
             f"(CPU build, .venv-vllm), {time.strftime('%Y-%m-%d')}.", "",
             "All loaders read the same integers and scales. Ours and transformers compute in float32; vLLM "
             "computes the whole model (embeddings, norms, attention, not only the quantized projections) in the "
-            "dtype shown, so a difference of that precision's size is expected there.", ""]
+            "dtype shown, so a difference of that precision's size is expected there. vLLM's CPU int8 GEMM "
+            "(compressed-tensors) takes only 16-bit activations (float32 fails with \"int8_scaled_mm_with_quant: "
+            "expect A to be bfloat16 or half\"), so those runs are in bfloat16 alone.", ""]
 
 
 def section(title: str, made_by: str, fmt: str, cell, reported: float, results: list[tuple[str, dict]],
@@ -138,7 +156,8 @@ def section(title: str, made_by: str, fmt: str, cell, reported: float, results: 
         dmax = max(abs(a - b) for a, b in zip(r["window_nll"], base))
         lines.append(f"| {name} | {r['dtype']} | {ppl:.4f} | {100 * (ppl / reported - 1):+.3f} % | {dmax:.4f} | "
                      f"{r['load_s']:.0f} | {r['score_s']:.0f} |")
-    return lines + [""]
+    notes = [f"- {name} {r['dtype']}: {r['note']}" for name, r in results if "note" in r]
+    return lines + [""] + (notes + [""] if notes else [])
 
 
 def score_run(run: Path, tmp: Path, dtypes: list[str] | None) -> tuple:
@@ -156,7 +175,8 @@ def score_run(run: Path, tmp: Path, dtypes: list[str] | None) -> tuple:
     qc = json.loads((folder / "config.json").read_text())["quantization_config"]
     fmt = qc["quant_method"]
     results = [("smooth_then_quant", ours(folder, ids)), ("transformers", transformers_load(folder, ids, qc))]
-    results += [("vLLM", vllm(folder, windows_json, d)) for d in (dtypes or VLLM_DTYPES[fmt])]
+    results += [("vLLM", vllm(folder, windows_json, d))
+                for d in (dtypes or VLLM_DTYPES[fmt])]
     return fmt, cell, results, ids.shape
 
 
