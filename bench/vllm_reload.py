@@ -175,8 +175,7 @@ def score_run(run: Path, tmp: Path, dtypes: list[str] | None) -> tuple:
     qc = json.loads((folder / "config.json").read_text())["quantization_config"]
     fmt = qc["quant_method"]
     results = [("smooth_then_quant", ours(folder, ids)), ("transformers", transformers_load(folder, ids, qc))]
-    results += [("vLLM", vllm(folder, windows_json, d))
-                for d in (dtypes or VLLM_DTYPES[fmt])]
+    results += [("vLLM", vllm(folder, windows_json, d)) for d in (dtypes or VLLM_DTYPES[fmt])]
     return fmt, cell, results, ids.shape
 
 
