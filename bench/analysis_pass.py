@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from smooth_then_quant import AnalysisConfig, ProbeConfig, analyze, calibration_windows, load_model
+from smooth_then_quant import AnalysisConfig, analyze, calibration_windows, load_model
 
 
 def plain_pass(model, ids, batch_size):
@@ -47,13 +47,13 @@ def main():
     plain_pass(model, ids[: args.batch_size], args.batch_size)  # warm-up
 
     times = {"plain": [], "analysis": []}
-    config = AnalysisConfig(probe=ProbeConfig(batch_size=args.batch_size, progress=False))
+    config = AnalysisConfig()
     for step in ("plain", "analysis", "plain", "analysis", "plain"):
         t = time.perf_counter()
         if step == "plain":
             plain_pass(model, ids, args.batch_size)
         else:
-            analysis = analyze(model, ids, config)
+            analysis = analyze(model, ids, config, batch_size=args.batch_size)
         times[step].append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 

@@ -71,8 +71,8 @@ def worker(args) -> dict:
         model = load_model(folder).model
         t_load = time.perf_counter() - t0
         t1 = time.perf_counter()
-        gptq_(model, cal, GPTQConfig(bits=4, group_size=g, act_order=order, damp=0.05, true_sequential=True,
-                                     batch_size=args.batch_size, progress=False))
+        gptq_(model, cal, GPTQConfig(bits=4, group_size=g, act_order=order, damp=0.05, true_sequential=True),
+              batch_size=args.batch_size)
         t_q = time.perf_counter() - t1
         peak = rss_gb()
     ppl = perplexity(model, ev, 4, False)

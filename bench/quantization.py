@@ -43,7 +43,7 @@ def main() -> None:
         recipe = load_recipe(args.recipe, [*args.overrides, f"output_dir={tmp}/run", "overwrite=true",
                                            "export.model=false", "export.quantized=null"])
         t0 = time.perf_counter()
-        out = Path(run(recipe, progress=False)["output_dir"])
+        out = Path(run(recipe)["output_dir"])
         wall = time.perf_counter() - t0
         import json
 

@@ -13,7 +13,6 @@ interventions are reported as measured.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import platform
 import shlex
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from smooth_then_quant import AnalysisConfig, ProbeConfig, analyze, calibration_windows, load_model
+from smooth_then_quant import AnalysisConfig, analyze, calibration_windows, load_model
 from smooth_then_quant.evaluate import evaluation_windows, perplexity
 from smooth_then_quant.quantize import ActQuant, WeightQuant, attach_act_quant_, rtn_weights_
 from smooth_then_quant.smooth import (FlattenGammaConfig, FlattenOTCConfig, MigrateConfig, RemoveMassiveConfig,
@@ -52,7 +51,7 @@ CASES = [  # name, smoothing config, repair config or None, exact?
 def w4a8(model, cal, ev):
     q = clone_model(model)
     rtn_weights_(q, WeightQuant(4, 64))
-    attach_act_quant_(q, ActQuant(8, "per_tensor"), cal[:8], progress=False)
+    attach_act_quant_(q, ActQuant(8, "per_tensor"), cal[:8])
     ppl = perplexity(q, ev, 4, False)
     del q
     gc.collect()
@@ -74,14 +73,13 @@ def main():
     cal, _ = calibration_windows(tok, "offline", args.samples, args.seq_len, seed=0)
     ev, prot = evaluation_windows(tok, "offline", args.seq_len, args.eval_windows)
     t = time.perf_counter()
-    analysis = analyze(model, cal, AnalysisConfig(probe=ProbeConfig(progress=False)))
+    analysis = analyze(model, cal, AnalysisConfig())
     t_an = time.perf_counter() - t
     base, base_q = perplexity(model, ev, 4, False), w4a8(model, cal, ev)
     rows = []
     for i, (name, cfg, rcfg) in enumerate(CASES):
         if args.only and i not in args.only:
             continue
-        cfg = dataclasses.replace(cfg, progress=False)
         t0 = time.perf_counter()
         plan = plan_smoothing(model, analysis, cfg, cal)
         t_plan = time.perf_counter() - t0
@@ -92,7 +90,7 @@ def main():
         kl = ""
         if rcfg is not None:
             t2 = time.perf_counter()
-            r = repair_(twin, model, cal, plan, dataclasses.replace(rcfg, progress=False))
+            r = repair_(twin, model, cal, plan, rcfg)
             t_rep = time.perf_counter() - t2
             kl = f"KL {r.result['kl_before']:.3g} → {r.result['kl_after']:.3g}"
         ppl = perplexity(twin, ev, 4, False)

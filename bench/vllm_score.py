@@ -3,7 +3,7 @@
     .venv-vllm/bin/python bench/vllm_score.py FOLDER WINDOWS.json DTYPE  -> one JSON line on stdout
 
 WINDOWS.json is a list of token-id lists (the evaluation windows). Perplexity is exp of the mean
-next-token NLL of each window, averaged over windows, as smooth_then_quant.evaluate.perplexity
+next-token NLL of each window, averaged over windows, as smooth_then_quant.evaluate.nll.perplexity
 computes it: the logprob vLLM reports for every prompt token after the first (prompt_logprobs=0).
 """
 import json

@@ -15,7 +15,7 @@ import torch
 from smooth_then_quant import AnalysisConfig, ChannelRule, __version__, analyze, calibration_windows, load_model
 from smooth_then_quant.errors import SmoothQuantError
 from smooth_then_quant.evaluate import EvalConfig
-from smooth_then_quant.probe import ProbeConfig
+from smooth_then_quant import progress
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -41,10 +41,10 @@ def setup(args) -> dict:
     t0 = time.perf_counter()
     loaded = load_model(args.model)
     cal, data = calibration_windows(loaded.tokenizer, args.calibration, args.samples, args.seq_len, args.seed)
-    analysis = analyze(loaded.model, cal, AnalysisConfig(channel=ChannelRule(args.m, args.beta),
-                                                         probe=ProbeConfig(progress=not args.quiet)))
-    ecfg = EvalConfig(args.eval_seq_len, args.max_windows or None, 4 if args.eval_seq_len <= 512 else 1,
-                      not args.quiet)
+    progress.set_enabled(not args.quiet)
+    analysis = analyze(loaded.model, cal, AnalysisConfig(channel=ChannelRule(args.m, args.beta)))
+    ecfg = EvalConfig(seq_len=args.eval_seq_len, max_windows=args.max_windows or None,
+                      batch_size=4 if args.eval_seq_len <= 512 else 1)
     return {"loaded": loaded, "cal": cal, "data": data, "analysis": analysis, "ecfg": ecfg, "t0": t0}
 
 

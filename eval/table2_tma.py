@@ -14,7 +14,7 @@ def run():
     args = c.parser(__doc__.splitlines()[0]).parse_args()
     ctx = c.setup(args)
     rows = table2_tma(ctx["loaded"].model, ctx["loaded"].tokenizer, ctx["analysis"], ctx["cal"], args.datasets,
-                      ctx["ecfg"], progress=not args.quiet)
+                      ctx["ecfg"])
     base = rows[0].ppl
     lines = c.header("Table 2: impact of removing TMAs (perplexity)", args, ctx)
     lines += c.table(["intervention", *args.datasets, *[f"× base ({d})" for d in args.datasets], "where"],

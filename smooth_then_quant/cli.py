@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
 
+import tqdm
+import transformers
+
+from . import progress
 from .errors import SmoothQuantError
+from .pipeline import describe_stages, run
+from .recipe import dump_recipe, load_recipe
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,30 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.quiet:
-        import functools
-
-        import tqdm
-        import transformers
-
-        # -q means no bars at all, including those libraries draw with plain tqdm (transformers' GGUF loading)
+        # -q means no bars at all: ours, and those libraries draw with plain tqdm (transformers' GGUF loading)
+        progress.set_enabled(False)
         tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, disable=True)
-
         transformers.utils.logging.disable_progress_bar()
-    from .recipe import load_recipe
-
     signal.signal(signal.SIGTERM, _terminate)  # `kill`: clean up like Ctrl-C (no partial output)
     try:
         overrides = args.overrides + ([f"stage={args.stage}"] if args.stage else [])
         recipe = load_recipe(args.recipe, overrides)
         if args.dry_run:
-            from .recipe import dump_recipe
-            from .stages import describe_stages
-
             print(dump_recipe(recipe) + "\n# stages\n" + "\n".join(describe_stages(recipe)))
             return 0
-        from .pipeline import run
-
-        summary = run(recipe, progress=not args.quiet)
+        summary = run(recipe)
     except SmoothQuantError as e:
         print("smooth-quant: error: " + " ".join(str(e).split("\n")), file=sys.stderr)  # one paragraph, always
         return 2

@@ -1,59 +1,326 @@
-"""What a recipe will do, stage by stage, without loading any weights (`smooth-quant --dry-run`)."""
+"""The stages of a recipe run, each a `describe` (what --dry-run prints) and a `run` (what it does).
+
+pipeline.py lists them once; the run and --dry-run walk that one list. Stages share a `Run`; what
+a stage produces is typed (SmoothingResult, QuantizationResult), and report.json is built from it.
+"""
 from __future__ import annotations
 
+import gc
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .detect import Analysis, analyze
+from .evaluate import FP, PerplexityCache, degradation_rows
+from .evaluate.evidence import ppl_change, removed_share, state_evidence
+from .export import PLAN_FILE, QuantizedCheckpoint, quantized_checkpoint, save_smoothed, write_quantized
+from .export.hub import push_folder
+from .io import write_json
+from .load import LoadedModel, calibration_windows, load_model
+from .quantize import Scheme, detach_act_quant_, quantize_
+from .quantize.scheme import weight_key
 from .recipe import Recipe
+from .report import render_analysis, write_plots
+from .report.card import render_model_card
+from .report.quantization import plot_quantization, render_quantization
+from .report.smoothing import plot_smoothing, render_smoothing
+from .smooth import SmoothingConfig, SmoothingPlan, clone_model, plan_smoothing, smooth_
+from .version import __version__
+
+log = logging.getLogger(__name__)
 
 
-def describe_stages(recipe: Recipe) -> list[str]:
-    """One line per stage the pipeline would run, in order."""
-    cal, ev, sm, q = recipe.calibration, recipe.evaluation, recipe.smoothing, recipe.quantization
-    lines = [f"load     {recipe.model} ({recipe.load.dtype}, {recipe.load.device}"
-             + (", trust_remote_code" if recipe.load.trust_remote_code else "") + ")",
-             f"probe    {cal.samples} x {cal.seq_len} calibration windows of '{cal.data}' (seed {cal.seed})",
-             f"detect   MA (|a| > {recipe.analysis.massive.abs_threshold:g} and > {recipe.analysis.massive.ratio:g} x "
-             f"median), CO (m = {recipe.analysis.channel.m:g}, beta = {recipe.analysis.channel.beta:.3g}), "
-             "gamma outliers, OTC"]
-    smooth_on, quant_on = sm.enabled and recipe.stage != "analyze", q.enabled and recipe.stage == "full"
-    if smooth_on:
-        lines.append("smooth   " + ", ".join(_smoothing_parts(sm)))
-    if quant_on:
-        states = [s for s in q.compare if s != "smoothed" or sm.enabled]
-        lines.append(f"paper    {', '.join(_smoothing_parts(q.paper))}" if "paper" in states else "")
-        for name, s in q.schemes.items():
-            w, a = s.weights, s.activations
-            lines.append(f"quantize {name}: {w.method} int{w.bits} "
-                         + ("per-channel" if w.group_size == -1 else f"g{w.group_size}")
-                         + (f" act-order {w.act_order}" if w.method == "gptq" and w.act_order != "off" else "")
-                         + ("" if a is None else f" + A{a.bits} {a.granularity}")
-                         + (f" ({q.gptq_backend})" if w.method == "gptq" else "") + f" on {', '.join(states)}")
-    lines.append(f"evaluate perplexity on {', '.join(ev.datasets)} (seq_len {ev.seq_len}"
-                 + (f", at most {ev.max_windows} windows" if ev.max_windows else "") + ")")
-    x = recipe.export
-    lines.append(f"export   {recipe.output_dir}/ (report.md, report.json, plots"
-                 + (", smoothing_plan.json" if smooth_on else "")
-                 + (", model/ (smoothed float)" if smooth_on and x.model else "")
-                 + (f", quantized/ ({x.quantized.scheme} on {x.quantized.state}, {x.quantized.format} format)"
-                    if quant_on and x.quantized else "") + ")")
-    if x.push_to_hub:
-        lines.append(f"push     {'quantized/' if quant_on and x.quantized else 'model/'} to the Hub repo "
-                     f"{x.push_to_hub} ({'private' if x.private else 'public'})")
-    if recipe.stage != "full":
-        lines.append(f"(stage: {recipe.stage}: later stages are skipped)")
-    return [ln for ln in lines if ln]
+@dataclass
+class Compared:
+    """One smoothing state of the table: the model in that state, what was done, and its plan."""
+    model: object
+    description: str
+    plan: SmoothingPlan | None
 
 
-def _smoothing_parts(sm) -> list[str]:
-    parts = []
-    if sm.remove_massive.enabled:
-        parts.append(f"remove TMAs at {sm.remove_massive.at} -> {sm.remove_massive.replace_with} (lossy)")
-    if sm.flatten_gamma.enabled:
-        parts.append(f"flatten gamma outliers -> {sm.flatten_gamma.replace_with} (lossy)")
-    if sm.flatten_otc.enabled:
-        parts.append("flatten OTC rows (lossy)")
-    if sm.migrate.norm != "none":
-        parts.append(f"migrate at the norms ({sm.migrate.norm}, alpha {sm.migrate.alpha}, exact)")
-    if sm.migrate.down:
-        parts.append(f"migrate at y6 (alpha {sm.migrate.alpha}, exact)")
-    if sm.repair.enabled:
-        parts.append(f"LoRA repair of {'/'.join(sm.repair.roles)} ({sm.repair.steps} steps)")
-    return parts or ["nothing (every intervention is off)"]
+@dataclass
+class SmoothingResult:
+    plan: SmoothingPlan
+    model: object  # the smoothed copy
+    states: list[dict]  # evidence: baseline, each intervention alone, combined
+    evaluation: dict  # the perplexity protocol per dataset
+
+    def to_dict(self) -> dict:
+        return {"plan": self.plan.to_dict(), "states": self.states, "evaluation": self.evaluation}
+
+
+@dataclass
+class QuantizationResult:
+    datasets: list[str]
+    rows: list[dict]
+    schemes: list[dict]
+    states: dict[str, str]  # state -> what was done
+    weights: dict[str, dict]  # "state / schemes" -> the weight quantization report
+    evaluation: dict
+    export: dict | None = None  # the exported cell: scheme, state, format
+    checkpoint: QuantizedCheckpoint | None = None  # its files, written by the export stage
+
+    def to_dict(self) -> dict:
+        return {"datasets": self.datasets, "rows": self.rows, "schemes": self.schemes, "states": self.states,
+                **({"export": self.export} if self.export else {}), "weights": self.weights,
+                "evaluation": self.evaluation}
+
+
+@dataclass
+class Run:
+    """What the stages share while a recipe runs into the (temporary) output folder `out`."""
+    recipe: Recipe
+    out: Path
+    loaded: LoadedModel | None = None
+    ids: object = None  # calibration windows [N, T]
+    analysis: Analysis | None = None
+    cache: PerplexityCache = field(default_factory=PerplexityCache)
+    smoothing: SmoothingResult | None = None
+    compared: dict[str, Compared] = field(default_factory=dict)
+    quantization: QuantizationResult | None = None
+    report: dict = field(default_factory=dict)
+    markdown: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+    exported: dict[str, str] = field(default_factory=dict)  # what -> folder (relative to out)
+    timing: dict = field(default_factory=dict)
+
+
+def _smoothing_parts(sm: SmoothingConfig) -> list[str]:
+    return [p for iv in sm.active() for p in iv.describe(sm.section(iv.name))] or \
+        ["nothing (every intervention is off)"]
+
+
+def _evaluation_line(recipe: Recipe, what: str) -> str:
+    ev = recipe.evaluation
+    return (f"evaluate {what} perplexity on {', '.join(ev.datasets)} (seq_len {ev.seq_len}"
+            + (f", at most {ev.max_windows} windows" if ev.max_windows else "") + ")")
+
+
+# ---- load ----------------------------------------------------------------------------------------
+def describe_load(r: Recipe) -> list[str]:
+    return [f"load     {r.model} ({r.load.dtype}, {r.load.device}" + (", trust_remote_code" if r.load.trust_remote_code
+                                                                       else "") + ")"]
+
+
+def run_load(run: Run) -> None:
+    r, t0 = run.recipe, time.perf_counter()
+    run.loaded = load_model(r.model, dtype=r.load.dtype, device=r.load.device,
+                            trust_remote_code=r.load.trust_remote_code, revision=r.load.revision)
+    run.timing["load_seconds"] = round(time.perf_counter() - t0, 2)
+
+
+# ---- analyze: probe -> detect --------------------------------------------------------------------
+def describe_analyze(r: Recipe) -> list[str]:
+    cal, a = r.calibration, r.analysis
+    return [f"probe    {cal.samples} x {cal.seq_len} calibration windows of '{cal.data}' (seed {cal.seed})",
+            f"detect   MA (|a| > {a.massive.abs_threshold:g} and > {a.massive.ratio:g} x median), CO (m = "
+            f"{a.channel.m:g}, beta = {a.channel.beta:.3g}), gamma outliers, OTC"]
+
+
+def run_analyze(run: Run) -> None:
+    r, loaded = run.recipe, run.loaded
+    cal = r.calibration
+    run.ids, data = calibration_windows(loaded.tokenizer, cal.data, cal.samples, cal.seq_len, cal.seed)
+    t0 = time.perf_counter()
+    run.analysis = analyze(loaded.model, run.ids, r.analysis, batch_size=cal.batch_size)
+    run.timing["probe_seconds"] = round(time.perf_counter() - t0, 2)
+    run.report.update({"tool": {"name": "smooth-then-quant", "version": __version__},
+                       "recipe": r.model_dump(mode="json"), "model": loaded.provenance, "data": data,
+                       "timing": run.timing, "analysis": run.analysis.to_dict()})
+    run.plots += write_plots(run.analysis, run.out) if r.analysis.plots else []
+    report = run.report
+    report["plots"] = run.plots
+    for key in ("massive_activations", "channel_outliers", "gamma_outliers", "otc"):
+        report[key] = report["analysis"][key]
+    run.markdown.append(render_analysis(report))
+
+
+# ---- smooth: plan -> apply (-> repair) -> evidence -----------------------------------------------
+def describe_smooth(r: Recipe) -> list[str]:
+    return ["smooth   " + ", ".join(_smoothing_parts(r.smoothing)), _evaluation_line(r, "float (evidence)")]
+
+
+def _smoothed(run: Run, cfg: SmoothingConfig, timing: dict) -> tuple[SmoothingPlan, object]:
+    """Plan `cfg` on the loaded model, apply it to a copy, run its trained steps (the repair)."""
+    model = run.loaded.model
+    t0 = time.perf_counter()
+    plan = plan_smoothing(model, run.analysis, cfg, run.ids, batch_size=run.recipe.calibration.batch_size)
+    timing["plan_seconds"] = round(time.perf_counter() - t0, 1)
+    smoothed = smooth_(clone_model(model), plan)
+    for iv in cfg.active():
+        if iv.train is not None:
+            t1 = time.perf_counter()
+            iv.train(smoothed, model, run.ids, plan, cfg.section(iv.name))
+            timing[f"{iv.name}_seconds"] = round(time.perf_counter() - t1, 1)
+    return plan, smoothed
+
+
+def _trained_kinds(cfg: SmoothingConfig) -> set[str]:
+    """Plan kinds made by a training step: not replayable alone from the plan."""
+    return {item.kind for iv in cfg.active() if iv.train is not None for item in iv.items}
+
+
+def run_smooth(run: Run) -> None:
+    r, tok, model = run.recipe, run.loaded.tokenizer, run.loaded.model
+    plan, smoothed = _smoothed(run, r.smoothing, run.timing)
+    ev, ids, cache = r.evaluation, run.ids[: r.evaluation.evidence_samples], run.cache
+
+    def evidence(name, m):
+        return state_evidence(name, m, tok, ids, ev.datasets, ev, cache, r.analysis, r.calibration.batch_size)
+
+    states = [evidence("baseline", model)]
+    trained = _trained_kinds(r.smoothing) & set(plan.kinds())
+    kinds = [k for k in plan.kinds() if k not in trained]
+    if ev.per_intervention and len(plan.kinds()) > 1:
+        for kind in kinds:
+            twin = smooth_(clone_model(model), plan.subset({kind}))
+            states.append(evidence(kind, twin))
+            del twin
+            gc.collect()
+        if trained:
+            twin = smooth_(clone_model(model), plan.subset(set(kinds)))
+            states.append(evidence("combined without " + "/".join(sorted(trained)), twin))
+            del twin
+    states.append(evidence("combined", smoothed))
+    for s in states[1:]:
+        s["ppl_change"] = ppl_change(states[0], s)
+        s["removed"] = removed_share(states[0], s)
+    run.smoothing = SmoothingResult(plan, smoothed, states, {d: cache.windows(tok, d, ev)[1] for d in ev.datasets})
+    run.report["smoothing"] = run.smoothing.to_dict()
+    if r.analysis.plots:
+        run.plots.append(plot_smoothing(states, run.out / "smoothing_effect.png").name)
+    plan.save(run.out / PLAN_FILE)
+    run.markdown.append(render_smoothing(run.report))
+
+
+# ---- paper: the paper's own smoothing, a compared state of the table -----------------------------
+def describe_paper(r: Recipe) -> list[str]:
+    return ["paper    " + ", ".join(_smoothing_parts(r.quantization.paper))]
+
+
+def run_paper(run: Run) -> None:
+    plan, model = _smoothed(run, run.recipe.quantization.paper, {})
+    what = "; ".join(f"{r['kind']} ({r['count']} edits, {'exact' if r['exact'] else 'lossy'})"
+                     for r in plan.summary()) or "empty plan"
+    run.compared["paper"] = Compared(model, what, plan)
+
+
+# ---- quantize: {FP, every scheme} x every compared state -----------------------------------------
+def compared_states(r: Recipe) -> list[str]:
+    q = r.quantization
+    return [s for s in q.compare if s != "smoothed" or r.smoothing.enabled]
+
+
+def describe_quantize(r: Recipe) -> list[str]:
+    q, states = r.quantization, compared_states(r)
+    lines = []
+    for name, s in q.schemes.items():
+        w, a = s.weights, s.activations
+        lines.append(f"quantize {name}: {w.method} int{w.bits} "
+                     + ("per-channel" if w.group_size == -1 else f"g{w.group_size}")
+                     + (f" act-order {w.act_order}" if getattr(w, "act_order", "off") != "off" else "")
+                     + ("" if a is None else f" + A{a.bits} {a.granularity}")
+                     + (f" ({q.gptq_backend})" if w.method == "gptq" else "") + f" on {', '.join(states)}")
+    return [*lines, _evaluation_line(r, "FP and quantized")]
+
+
+def run_quantize(run: Run) -> None:
+    r, tok, cache = run.recipe, run.loaded.tokenizer, run.cache
+    q, ev, target = r.quantization, r.evaluation, r.export.quantized
+    t0 = time.perf_counter()
+    states = {"baseline": Compared(run.loaded.model, "the model as loaded", None)}
+    if "paper" in run.compared:
+        states["paper"] = run.compared["paper"]
+    if "smoothed" in q.compare:
+        if run.smoothing:
+            states["smoothed"] = Compared(run.smoothing.model, "the recipe's smoothing: " + "; ".join(
+                s["kind"] for s in run.smoothing.plan.summary()), run.smoothing.plan)
+        else:
+            log.warning("quantization.compare lists 'smoothed' but smoothing.enabled is false: row skipped")
+    schemes: list[Scheme] = list(q.schemes.values())
+    by_weights: dict[tuple, list[Scheme]] = {}  # schemes sharing a weight config share one quantization
+    for sc in schemes:
+        by_weights.setdefault(weight_key(sc), []).append(sc)
+    ppl, weights, checkpoint = {}, {}, None
+    for state, c in states.items():
+        ppl[(FP, state)] = {d: cache.perplexity(c.model, tok, d, ev, desc=f"FP {state}: {d}") for d in ev.datasets}
+        for group in by_weights.values():
+            qm = clone_model(c.model)
+            log.info("quantizing weights of the %s model: %s", state, group[0].describe())
+            rep = quantize_(qm, group[0], run.ids, tokenizer=tok, batch_size=q.batch_size, backend=q.gptq_backend)
+            weights[f"{state} / {'+'.join(sc.name for sc in group)}"] = rep["weights"]
+            for sc in group:
+                if sc.activations is not None:
+                    quantize_(qm, sc, run.ids, weights_done=True)
+                ppl[(sc.name, state)] = {d: cache.perplexity(qm, tok, d, ev, state=repr(sc.activations),
+                                                             desc=f"{sc.name} {state}: {d}") for d in ev.datasets}
+                if target is not None and (target.scheme, target.state) == (sc.name, state):
+                    checkpoint = quantized_checkpoint(qm, c.plan, target.format)  # written by the export stage
+                detach_act_quant_(qm)
+            del qm
+            gc.collect()
+    run.quantization = QuantizationResult(
+        list(ev.datasets), degradation_rows(ppl, [sc.name for sc in schemes], list(states), ev.datasets),
+        [_scheme_dict(sc, q.gptq_backend) for sc in schemes], {k: v.description for k, v in states.items()}, weights,
+        {d: cache.windows(tok, d, ev)[1] for d in ev.datasets},
+        {"scheme": target.scheme, "state": target.state, "format": target.format} if target else None, checkpoint)
+    run.report["quantization"] = run.quantization.to_dict()
+    run.timing["quantization_seconds"] = round(time.perf_counter() - t0, 1)
+    if r.analysis.plots:
+        run.plots.append(plot_quantization(run.report["quantization"], run.out / "quantization.png").name)
+    run.markdown.append(render_quantization(run.report))
+
+
+def _scheme_dict(sc: Scheme, backend: str) -> dict:
+    d = sc.to_dict()
+    if sc.method == "gptq":
+        d["weights"]["backend"] = backend
+        if backend != "builtin":
+            d["description"] = d["description"].replace(", A", f" ({backend}), A", 1)
+    return d
+
+
+# ---- export: checkpoints and their model cards ---------------------------------------------------
+def exports(r: Recipe, stages: set[str]) -> dict[str, str]:
+    """What the export stage writes: 'model' (smoothed float) and/or 'quantized' -> its description."""
+    x, out = r.export, {}
+    if x.model and "smooth" in stages:
+        out["model"] = "model/ (smoothed float)"
+    if x.quantized and "quantize" in stages:
+        out["quantized"] = f"quantized/ ({x.quantized.scheme} on {x.quantized.state}, {x.quantized.format} format)"
+    return out
+
+
+def run_export(run: Run) -> None:
+    r, tok = run.recipe, run.loaded.tokenizer
+    if r.export.model and run.smoothing:
+        save_smoothed(run.smoothing.model, tok, run.smoothing.plan, run.out / "model")
+        run.exported["model"] = "model/"
+    if r.export.quantized and run.quantization:
+        log.info("writing the %s / %s checkpoint (%s format)", r.export.quantized.scheme, r.export.quantized.state,
+                 r.export.quantized.format)
+        write_quantized(run.quantization.checkpoint, tok, run.out / "quantized")
+        run.quantization.checkpoint = None
+        run.exported["quantized"] = "quantized/"
+
+
+# ---- report: report.md, report.json (in the output folder and in every export) ---------------------
+def run_report(run: Run) -> None:
+    report, target = run.report, run.recipe.export.quantized
+    report["export"] = dict(run.exported)
+    if "model" in run.exported:
+        (run.out / "model" / "README.md").write_text(render_model_card(report, "smoothed"), encoding="utf-8")
+    if "quantized" in run.exported:
+        (run.out / "quantized" / "README.md").write_text(
+            render_model_card(report, "quantized", target.scheme, target.state), encoding="utf-8")
+    for folder in run.exported.values():  # each export carries the report it was measured in
+        write_json(run.out / folder / "report.json", report)
+    write_json(run.out / "report.json", report)
+    (run.out / "report.md").write_text("\n".join(run.markdown), encoding="utf-8")
+
+
+# ---- push: after the output folder is complete ---------------------------------------------------
+def push(recipe: Recipe, out: Path, exported: dict[str, str]) -> str:
+    folder = out / exported.get("quantized", exported.get("model"))
+    return push_folder(folder, recipe.export.push_to_hub, recipe.export.private)

@@ -171,7 +171,7 @@ def save_tiny(folder, family: str = "llama", plant: bool = True, init: float = 0
 
 def record_removals(monkeypatch) -> list[tuple[float, float]]:
     """Every call of the runtime TMA removal from now on appends (max |a| before, max |a| after)."""
-    import smooth_then_quant.smooth.runtime as rt
+    import smooth_then_quant.smooth.interventions.tma as rt
 
     seen, real = [], rt.remove_massive
 

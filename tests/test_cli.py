@@ -67,8 +67,12 @@ def test_quiet_run_draws_no_progress_bar(tmp_path):
 
 
 def test_dry_run_prints_recipe_and_stages_without_loading(tmp_path, capsys, monkeypatch):
-    import smooth_then_quant.load.model as lm
-    monkeypatch.setattr(lm, "load_model", lambda *a, **k: pytest.fail("--dry-run loaded a model"))
+    import transformers
+
+    import smooth_then_quant.stages as stages
+    monkeypatch.setattr(stages, "load_model", lambda *a, **k: pytest.fail("--dry-run loaded a model"))
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoConfig):  # whatever binding a loader uses
+        monkeypatch.setattr(auto, "from_pretrained", lambda *a, **k: pytest.fail("--dry-run read a checkpoint"))
     p = tmp_path / "r.yaml"
     p.write_text(f"output_dir: {tmp_path / 'out'}\nsmoothing: {{enabled: true}}\nquantization: {{enabled: true}}\n")
     assert main([str(p), "--dry-run", "--set", "calibration.samples=8"]) == 0

@@ -158,3 +158,32 @@ def test_push_to_hub_uploads_the_complete_export_and_never_prints_the_token(tmp_
     printed = capfd.readouterr()
     assert "https://huggingface.co/me/tiny-smoothed" in printed.out
     assert "SECRET" not in printed.out + printed.err + caplog.text
+
+
+@pytest.mark.parametrize("stage", ["analyze", "smooth", "full"])
+def test_dry_run_says_what_the_run_does(tmp_path, tiny_folder, capsys, stage):
+    """--dry-run and the run walk one stage list: every effect the dry run announces happens, and nothing else."""
+    from smooth_then_quant.pipeline import stages
+    from smooth_then_quant.recipe import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {tiny_folder}\nsmoothing: {{enabled: true}}\noutput_dir: {tmp_path / 'out'}\n"
+                      "quantization: {enabled: true, compare: [baseline, paper, smoothed], "
+                      "schemes: {R: {weights: {method: rtn, bits: 4, group_size: 32}}}}\n"
+                      "export: {model: true, quantized: {scheme: R, state: smoothed}}\n")
+    args = [str(recipe), "--stage", stage] + [a for kv in SMALL for a in ("--set", kv)]
+    assert main([*args, "--dry-run"]) == 0
+    dry = capsys.readouterr().out.split("# stages\n", 1)[1]
+    verbs = [line.split()[0] for line in dry.splitlines() if not line.startswith("(")]
+    assert main([*args, "-q"]) == 0
+    out = tmp_path / "out"
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"] == [s.name for s in stages(load_recipe(recipe, [f"stage={stage}", *SMALL]))]
+    assert ("smooth" in verbs) == ("smoothing" in report) == (out / "smoothing_plan.json").is_file()
+    assert ("quantize" in verbs) == ("quantization" in report)
+    assert ("paper" in verbs) == ("paper" in report.get("quantization", {}).get("states", {}))
+    export = next((line for line in dry.splitlines() if line.startswith("export")), "")
+    assert ("model/" in export) == (out / "model").is_dir() and ("quantized/" in export) == (out / "quantized").is_dir()
+    assert ("evaluate" in verbs) == ("smoothing" in report or "quantization" in report)
+    assert verbs[:3] == ["load", "probe", "detect"] and verbs[-1] == "report"
+    assert {"analyze": 0, "smooth": 1, "full": 3}[stage] == sum(v in verbs for v in ("smooth", "paper", "quantize"))

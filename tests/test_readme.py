@@ -24,9 +24,9 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     assert reloaded == pytest.approx(w4a8, rel=1e-6)  # the GPTQ export is the model that was measured
     assert (tmp_path / "smollm2-w4a8" / "activation_quant.json").is_file()
     ct = load_model(str(tmp_path / "smollm2-w4a8-ct"))  # the compressed-tensors export is the same model
-    assert perplexity(ct.model, evaluation_windows(ct.tokenizer, "offline", 512, 2)[0], progress=False) == \
+    assert perplexity(ct.model, evaluation_windows(ct.tokenizer, "offline", 512, 2)[0]) == \
         pytest.approx(perplexity(load_model(str(tmp_path / "smollm2-w4a8")).model,
-                                 evaluation_windows(ct.tokenizer, "offline", 512, 2)[0], progress=False), rel=1e-6)
+                                 evaluation_windows(ct.tokenizer, "offline", 512, 2)[0]), rel=1e-6)
     assert (tmp_path / "smoothed-smollm2" / "smoothing_plan.json").is_file()
     assert list((tmp_path / "smoothed-smollm2").glob("*.safetensors"))
     assert 5 < smoothed < 30 and math.isfinite(w4a8) and w4a8 > smoothed  # quantization costs something

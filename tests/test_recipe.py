@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from smooth_then_quant.errors import SmoothQuantError
+from smooth_then_quant.pipeline import stages
 from smooth_then_quant.recipe import Recipe, load_recipe
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
@@ -16,7 +17,11 @@ def test_every_shipped_recipe_validates_and_dry_runs(path, capsys):
     assert path.read_text().startswith("#") and f"smooth-quant recipes/{path.name}" in path.read_text()  # documented
     assert main([str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "# stages" in out and "export   " in out
+    recipe = load_recipe(path)
+    assert "# stages" in out and "report   " in out
+    for stage in stages(recipe):  # every stage the run would walk is printed, in order
+        for line in stage.describe(recipe):
+            assert line in out.split("# stages", 1)[1], (stage.name, line)
 
 
 def test_the_documented_recipe_set_ships():

@@ -106,7 +106,7 @@ DRIVER = textwrap.dedent("""
     import pathlib, signal, sys, time
     # as in a terminal: a shell starts background jobs (CI) with SIGINT ignored, and Python keeps that
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    import smooth_then_quant.pipeline as p
+    import smooth_then_quant.stages as p
     from smooth_then_quant.cli import main
     real = p.save_smoothed
     def slow_save(*a, **k):  # the export is half written when the signal comes

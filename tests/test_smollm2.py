@@ -54,15 +54,15 @@ def test_analysis_run_writes_a_valid_report(tmp_path):
 
 
 def test_exact_migrations_keep_smollm2_logits(smollm2):
-    from smooth_then_quant import AnalysisConfig, MigrateConfig, ProbeConfig, SmoothingConfig, analyze, calibration_windows
+    from smooth_then_quant import AnalysisConfig, MigrateConfig, SmoothingConfig, analyze, calibration_windows
     from smooth_then_quant.smooth import clone_model, plan_smoothing, smooth_
 
     model = smollm2.model
     ids, _ = calibration_windows(smollm2.tokenizer, "offline", samples=4, seq_len=128)
-    analysis = analyze(model, ids, AnalysisConfig(probe=ProbeConfig(progress=False)))
+    analysis = analyze(model, ids, AnalysisConfig())
     # the real model's y6 TMAs (layer 11, channels 1229/1487) are what the y6 migration must shrink
     assert any(a.layer == 11 and a.point == "y6" and a.kind == "TMA" for a in analysis.massive)
-    plan = plan_smoothing(model, analysis, SmoothingConfig(migrate=MigrateConfig(alpha=0.5), progress=False), ids)
+    plan = plan_smoothing(model, analysis, SmoothingConfig(migrate=MigrateConfig(alpha=0.5)), ids)
     twin = smooth_(clone_model(model), plan)
     with torch.inference_mode():
         ref, out = model(ids[:2]).logits, twin(ids[:2]).logits

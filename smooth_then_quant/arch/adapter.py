@@ -15,8 +15,9 @@ Everything that differs between families is in the `ArchAdapter` values of
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Literal
 
 import torch
 from torch import nn

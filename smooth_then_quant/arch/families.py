@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .adapter import ATTENTION_FLOW, GATED_MLP_FLOW, PLAIN_MLP_FLOW, ArchAdapter, NormSite, Proj, Tap
+from .registry import register_adapter
 
 # Llama-style gated decoder layer: Llama 2/3, SmolLM2, Mistral; Qwen2 adds q/k/v biases.
 _GATED_POINTS = {
@@ -91,4 +92,5 @@ GPT2 = ArchAdapter(
           "plain GELU MLP, so the paper's Figure 2(d) points y1..y5 (TMAs at y4).",
 )
 
-ADAPTERS: tuple[ArchAdapter, ...] = (LLAMA, QWEN2, GPT2, GEMMA3_TEXT)
+for _a in (LLAMA, QWEN2, GPT2, GEMMA3_TEXT):
+    register_adapter(_a)

@@ -7,18 +7,18 @@ looking for channel outliers (Figure 8(b)); `exclude_massive=False` keeps them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic import Field
 
 from ..probe import PointStats, tensor_moments
+from ..schema import Config
 
 
-@dataclass(frozen=True)
-class ChannelRule:
-    m: float = 4.0
-    beta: float = 1 / 3
-    exclude_massive: bool = True
+class ChannelRule(Config):
+    """The paper's channel-outlier criterion (m, β; see the module docstring)."""
+    m: float = Field(4.0, gt=0)
+    beta: float = Field(1 / 3, gt=0)
+    exclude_massive: bool = True  # channel statistics without the MA elements (so MAs do not make COs)
 
 
 def channel_moments(stats: PointStats, rule: ChannelRule):

@@ -18,16 +18,7 @@ from dataclasses import dataclass
 
 from ..arch import RESIDUAL_POINTS
 from ..errors import SmoothQuantError
-from ..probe import ProbeResult
-
-
-@dataclass(frozen=True)
-class MassiveRule:
-    abs_threshold: float = 100.0
-    ratio: float = 1000.0
-
-    def holds(self, value: float, median: float) -> bool:
-        return abs(value) > self.abs_threshold and abs(value) > self.ratio * median
+from ..probe import MassiveRule, ProbeResult
 
 
 @dataclass(frozen=True)
@@ -47,10 +38,10 @@ class MassiveActivation:
 def find_massive(result: ProbeResult, rule: MassiveRule = MassiveRule()) -> list[MassiveActivation]:
     """Every massive activation seen in the calibration pass, with its kind and origin."""
     cfg = result.config
-    if rule.abs_threshold < cfg.massive_abs or rule.ratio < cfg.massive_ratio:
+    if rule.abs_threshold < cfg.massive.abs_threshold or rule.ratio < cfg.massive.ratio:
         raise SmoothQuantError(
             f"massive-activation thresholds ({rule.abs_threshold}, {rule.ratio}x median) are below what the "
-            f"probe recorded ({cfg.massive_abs}, {cfg.massive_ratio}x); probe again with lower floors.")
+            f"probe recorded ({cfg.massive.abs_threshold}, {cfg.massive.ratio}x); probe again with lower floors.")
     adapter = result.adapter
     order = {p: i for i, p in enumerate(adapter.point_names)}
     present: dict[tuple[int, str], set[tuple[int, int]]] = {}

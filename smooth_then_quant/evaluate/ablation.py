@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..analyze import Analysis
+from ..detect import Analysis
 from ..arch import adapter_for
 from ..smooth import (FlattenGamma, FlattenRows, MigrateConfig, RemoveMassiveConfig, SmoothingConfig,
                       SmoothingPlan, clone_model, plan_smoothing, smooth_)
-from .perplexity import EvalConfig, PerplexityCache
+from .nll import EvalConfig, PerplexityCache
 
 
 @dataclass
@@ -40,22 +40,22 @@ def evaluate_plan(model: nn.Module, tok, plan: SmoothingPlan, datasets: list[str
         del twin
 
 
-def table2_tma(model, tok, analysis: Analysis, cal_ids: torch.Tensor, datasets: list[str], ecfg: EvalConfig,
-               progress: bool = True) -> list[Row]:
+def table2_tma(model, tok, analysis: Analysis, cal_ids: torch.Tensor, datasets: list[str], ecfg: EvalConfig
+               ) -> list[Row]:
     cache = PerplexityCache()
     a = adapter_for(model)
     mt = model.config.model_type
     rows = [Row("base model", evaluate_plan(model, tok, SmoothingPlan(mt), datasets, ecfg, cache, "base"))]
     off = MigrateConfig(norm="none", down=False)
-    for at, point in (("massive_point", a.massive_point), ("mlp_out_point", a.mlp_out_point)):
+    for at, point in (("down_input", a.massive_point), ("down_output", a.mlp_out_point)):
         for how in ("mean", "zero"):
-            cfg = SmoothingConfig(remove_massive=RemoveMassiveConfig(True, how, at), migrate=off, progress=progress)
+            cfg = SmoothingConfig(remove_massive=RemoveMassiveConfig(True, how, at), migrate=off)
             plan = plan_smoothing(model, analysis, cfg, cal_ids)
             layers = sorted({i.layer for i in plan.interventions})
             rows.append(Row(f"TMAs → {how} at {point}", evaluate_plan(model, tok, plan, datasets, ecfg, cache, point),
                             f"layers {layers}" if layers else "no TMA found there"))
     if a.mlp_linear_in is not None:
-        cfg = SmoothingConfig(migrate=MigrateConfig(norm="none", down=True), progress=progress)
+        cfg = SmoothingConfig(migrate=MigrateConfig(norm="none", down=True))
         plan = plan_smoothing(model, analysis, cfg, cal_ids)
         rows.append(Row(f"exact migration at {a.massive_point} (this toolkit, α searched)",
                         evaluate_plan(model, tok, plan, datasets, ecfg, cache, "exact"), f"{len(plan.interventions)} layers"))

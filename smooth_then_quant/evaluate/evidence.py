@@ -12,9 +12,9 @@ import time
 import torch
 from torch import nn
 
-from ..analyze import Analysis, AnalysisConfig, analyze
+from ..detect import Analysis, AnalysisConfig, analyze
 from ..arch import RESIDUAL_POINTS
-from .perplexity import EvalConfig, PerplexityCache
+from .nll import EvalConfig, PerplexityCache
 
 
 def outlier_profile(analysis: Analysis) -> dict:
@@ -37,9 +37,10 @@ def outlier_profile(analysis: Analysis) -> dict:
 
 
 def state_evidence(name: str, model: nn.Module, tokenizer, evidence_ids: torch.Tensor, datasets: list[str],
-                   eval_cfg: EvalConfig, cache: PerplexityCache, analysis_cfg: AnalysisConfig) -> dict:
+                   eval_cfg: EvalConfig, cache: PerplexityCache, analysis_cfg: AnalysisConfig, batch_size: int = 4
+                   ) -> dict:
     t0 = time.perf_counter()
-    profile = outlier_profile(analyze(model, evidence_ids, analysis_cfg))
+    profile = outlier_profile(analyze(model, evidence_ids, analysis_cfg, batch_size))
     ppl = {d: cache.perplexity(model, tokenizer, d, eval_cfg, desc=f"perplexity [{name}] on {d}") for d in datasets}
     return {"name": name, "ppl": ppl, **profile, "seconds": round(time.perf_counter() - t0, 1)}
 

@@ -8,7 +8,50 @@ here too, since its ΔPPL is measured against the original model.
 """
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..quantize import GPTQ_BACKENDS, Scheme
+from ..schema import Config
+from ..smooth import SmoothingConfig
+
 FP = "FP"
+STATES = ("baseline", "paper", "smoothed")
+DEFAULT_SCHEMES = {
+    "W4A16": {"weights": {"bits": 4}},
+    "W8A8": {"weights": {"bits": 8, "group_size": -1}, "activations": {"granularity": "per_token"}},
+    "W4A8": {"weights": {"bits": 4}, "activations": {"granularity": "per_tensor"}},
+}
+PAPER_SMOOTHING = {"remove_massive": {"enabled": True}, "migrate": {"norm": "none", "down": False}}
+
+
+class QuantizationConfig(Config):
+    """`quantization:` — the table: FP and every scheme x every compared smoothing state."""
+    enabled: bool = False
+    schemes: dict[str, Scheme] = Field(default_factory=lambda: {k: Scheme(name=k, **v)
+                                                                for k, v in DEFAULT_SCHEMES.items()})
+    compare: list[Literal["baseline", "paper", "smoothed"]] = list(STATES)
+    paper: SmoothingConfig = Field(default_factory=lambda: SmoothingConfig(**PAPER_SMOOTHING))  # the paper's smoothing
+    batch_size: int = Field(1, ge=1)  # calibration windows per GPTQ layer forward (1: least memory)
+    gptq_backend: Literal[GPTQ_BACKENDS] = "builtin"  # builtin: faster on CPU, same PPL (bench/)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scheme_names(cls, data):
+        """A scheme's name is its key (schemes: {W4A8: {...}})."""
+        if isinstance(data, dict) and isinstance(data.get("schemes"), dict):
+            data = {**data, "schemes": {k: {**v, "name": k} if isinstance(v, dict) else v
+                                        for k, v in data["schemes"].items()}}
+        return data
+
+    @field_validator("compare")
+    @classmethod
+    def _baseline_first(cls, v: list[str]) -> list[str]:
+        if "baseline" not in v:
+            raise ValueError("compare must include baseline (the reference of 'degradation reduced')")
+        return list(dict.fromkeys(["baseline", *v]))
+
 MIN_DEGRADATION = 1e-3  # a baseline ΔPPL below 0.1 % of FP is noise: no reduction is computed from it
 
 

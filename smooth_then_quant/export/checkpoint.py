@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..report.output import atomic_output_dir
+from ..io import atomic_output_dir
 from ..smooth.plan import SmoothingPlan
 
 log = logging.getLogger(__name__)

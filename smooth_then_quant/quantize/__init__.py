@@ -1,8 +1,14 @@
+"""Quantization: weight methods (GPTQ, RTN; a registry), activation fake-quantizers (granularities; a
+registry), and the stage verb `quantize_(model, scheme, ids)`."""
 from .fake import attach_act_quant_, calibrate_ranges, detach_act_quant_, linear_modules, rtn_weights_
 from .gptq import GPTQConfig, gptq_
-from .rtn import ActQuant, WeightQuant, act_range, fake_quant_act, fake_quant_weight, uneven_groups
-from .scheme import Scheme, preset_schemes, quantize_, quantize_weights_
+from .rtn import (GRANULARITIES, ActQuant, Granularity, GroupSize, WeightQuant, act_range, fake_quant_act,
+                  fake_quant_weight, register_granularity, uneven_groups)
+from .scheme import (GPTQ_BACKENDS, WEIGHT_METHODS, Scheme, WeightMethod, preset_schemes, quantize_, quantize_weights_,
+                     register_weight_method)
 
-__all__ = ["attach_act_quant_", "calibrate_ranges", "detach_act_quant_", "linear_modules", "rtn_weights_",
-           "GPTQConfig", "gptq_", "ActQuant", "WeightQuant", "act_range", "fake_quant_act", "fake_quant_weight",
-           "uneven_groups", "Scheme", "preset_schemes", "quantize_", "quantize_weights_"]
+__all__ = ["GPTQ_BACKENDS", "GRANULARITIES", "WEIGHT_METHODS", "ActQuant", "GPTQConfig", "Granularity", "GroupSize",
+           "Scheme", "WeightMethod", "WeightQuant", "act_range", "attach_act_quant_", "calibrate_ranges",
+           "detach_act_quant_", "fake_quant_act", "fake_quant_weight", "gptq_", "linear_modules", "preset_schemes",
+           "quantize_", "quantize_weights_", "register_granularity", "register_weight_method", "rtn_weights_",
+           "uneven_groups"]

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..arch import adapter_for
+from ..progress import bar
 from .grid import rtn_grid, snap_
 from .rtn import ActQuant, WeightQuant, fake_quant_act, fake_quant_weight
 
@@ -57,8 +57,8 @@ def calibrate_ranges(model: nn.Module, ids: torch.Tensor, batch_size: int = 4, p
             ranges[name] = (lo, hi)
         handles.append(m.register_forward_pre_hook(pre))
     try:
-        for s in tqdm(range(0, ids.shape[0], batch_size), desc="A-quant: calibrating ranges", unit="batch",
-                      disable=not progress):
+        for s in bar(range(0, ids.shape[0], batch_size), desc="A-quant: calibrating ranges", unit="batch",
+                     show=progress):
             model.base_model(input_ids=ids[s: s + batch_size], use_cache=False)
     finally:
         for h in handles:
@@ -68,10 +68,10 @@ def calibrate_ranges(model: nn.Module, ids: torch.Tensor, batch_size: int = 4, p
 
 def attach_act_quant_(model: nn.Module, q: ActQuant, ids: torch.Tensor | None = None, batch_size: int = 4,
                       progress: bool = True, ranges: dict | None = None) -> None:
-    """Fake-quantize the input of every projection. per_tensor needs calibration windows `ids`
-    (or the `ranges` a checkpoint recorded)."""
+    """Fake-quantize the input of every projection. A static granularity (per_tensor) needs
+    calibration windows `ids` (or the `ranges` a checkpoint recorded)."""
     detach_act_quant_(model)
-    if q.granularity != "per_tensor":
+    if not q.kind.static:
         ranges = None
     elif ranges is None:
         if ids is None:

@@ -18,49 +18,50 @@ from __future__ import annotations
 import ctypes
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from pydantic import Field, field_validator, model_validator
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..arch import adapter_for
-from ..errors import SmoothQuantError
+from ..progress import bar
+from ..schema import Config
 from .fake import weight_view
 from .grid import QuantGrid, g_idx_from_order, snap_
+from .rtn import GroupSize
 
 ActOrder = Literal["off", "desc", "group_aware"]
 ROLES_SEQUENTIAL = (("qkv",), ("o",), ("mlp_in",), ("mlp_out",))  # true-sequential subsets (GPTQModel's)
 ROLES_TOGETHER = (("qkv", "o", "mlp_in", "mlp_out"),)
 
 
-@dataclass(frozen=True)
-class GPTQConfig:
-    bits: int = 4
-    group_size: int = 128  # -1: per output channel; a shorter last group if it does not divide the width
+class GPTQConfig(Config):
+    """`weights: {method: gptq}`: GPTQ weights (the built-in solver, or GPTQModel: quantization.gptq_backend)."""
+    bits: Literal[2, 3, 4, 8] = 4
+    group_size: GroupSize = 128  # -1: per output channel; a shorter last group if it does not divide the width
     symmetric: bool = True
     act_order: ActOrder = "off"  # off | desc (act-order / desc_act) | group_aware (GPTQModel's GAR)
-    damp: float = 0.05  # fraction of mean(diag H) added to the diagonal (GPTQModel's default)
+    damp: float = Field(0.05, gt=0, lt=1)  # fraction of mean(diag H) added to the diagonal (GPTQModel's default)
     true_sequential: bool = True  # q/k/v -> o -> gate/up -> down, re-collecting inputs after each
-    block_size: int = 128
-    batch_size: int = 1  # calibration windows per layer forward (1: least memory, and fastest on CPU here)
-    backend: Literal["builtin", "gptqmodel"] = "builtin"  # gptqmodel: quantize.gptqmodel.gptqmodel_
-    progress: bool = True
+    block_size: int = Field(128, ge=1)  # columns per lazy batch update
+    method: Literal["gptq"] = "gptq"
 
-    def __post_init__(self):
-        if self.bits not in (2, 3, 4, 8):
-            raise SmoothQuantError(f"GPTQ bits must be 2, 3, 4 or 8 (got {self.bits}).")
-        if self.group_size == 0 or self.group_size < -1:
-            raise SmoothQuantError(f"group_size must be -1 (per channel) or positive (got {self.group_size}).")
-        if not 0 < self.damp < 1:
-            raise SmoothQuantError(f"damp must be in (0, 1) (got {self.damp}); 0.01-0.1 is usual.")
-        if self.act_order not in ("off", "desc", "group_aware"):
-            raise SmoothQuantError(f"act_order must be off, desc or group_aware (got {self.act_order!r}).")
-        if self.backend not in ("builtin", "gptqmodel"):
-            raise SmoothQuantError(f"GPTQ backend must be builtin or gptqmodel (got {self.backend!r}).")
+    @field_validator("act_order", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        return "off" if v is False else v  # YAML 1.1 reads an unquoted `off` as false
+
+    @model_validator(mode="after")
+    def _groups_for_gar(self):
         if self.act_order == "group_aware" and self.group_size == -1:
-            raise SmoothQuantError("act_order group_aware needs groups; set group_size > 0 or act_order desc.")
+            raise ValueError("act_order group_aware needs groups; set group_size > 0 or act_order desc")
+        return self
+
+    def describe(self) -> str:
+        return (f"GPTQ int{self.bits} " + ("per-channel" if self.group_size == -1 else f"g{self.group_size}")
+                + (" sym" if self.symmetric else " asym")
+                + (f" act-order {self.act_order}" if self.act_order != "off" else ""))
 
 
 # ---- the solver: pure functions on one weight matrix ------------------------------------------
@@ -277,7 +278,7 @@ def _release_freed_memory() -> None:
 
 
 @torch.no_grad()
-def gptq_(model: nn.Module, ids: torch.Tensor, cfg: GPTQConfig = GPTQConfig()) -> dict:
+def gptq_(model: nn.Module, ids: torch.Tensor, cfg: GPTQConfig = GPTQConfig(), batch_size: int = 1) -> dict:
     """Quantize every decoder-layer projection of `model` with GPTQ, in place (weights become
     their dequantized values). ids: [N, T] calibration windows. Runtime smoothing hooks on the
     model are active while the Hessians are collected. Returns a per-module report."""
@@ -285,10 +286,10 @@ def gptq_(model: nn.Module, ids: torch.Tensor, cfg: GPTQConfig = GPTQConfig()) -
     layers = adapter.decoder_layers(model)
     attention = adapter.modules("o")[0].rpartition(".")[0]  # the block that ends in W_o
     t0 = time.perf_counter()
-    hidden, extra = _layer_inputs(model, layers, ids, cfg.batch_size)
+    hidden, extra = _layer_inputs(model, layers, ids, batch_size)
     subsets = ROLES_SEQUENTIAL if cfg.true_sequential else ROLES_TOGETHER
     modules = []
-    for li, layer in enumerate(tqdm(layers, desc="GPTQ layers", unit="layer", disable=not cfg.progress)):
+    for li, layer in enumerate(bar(layers, desc="GPTQ layers", unit="layer")):
         replay = None
         for roles in subsets:
             groups = [list(adapter.modules(r)) for r in roles]  # a role's modules share one input
@@ -308,5 +309,5 @@ def gptq_(model: nn.Module, ids: torch.Tensor, cfg: GPTQConfig = GPTQConfig()) -
             replay.handle.remove()
         replay = extra[li] = None  # free this layer's recorded attention outputs and arguments
         _release_freed_memory()
-    return {"config": cfg.__dict__ | {"progress": None}, "seconds": round(time.perf_counter() - t0, 1),
+    return {"config": cfg.model_dump(), "batch_size": batch_size, "seconds": round(time.perf_counter() - t0, 1),
             "calibration": list(ids.shape), "modules": modules}

@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..arch import attach_runtime_, runtime_ops
 from ..errors import SmoothQuantError
-from ..load.quantized import load_gptq_projections_, read_safetensors
-from ..smooth.runtime import attach_runtime_, runtime_ops
+from ..load import read_safetensors
 from .gptq import GPTQConfig
+from .packing import load_gptq_projections_
 
 
 def quantize_config(cfg: GPTQConfig):
@@ -47,8 +48,8 @@ def _import_gptqmodel():
 
 
 @torch.no_grad()
-def gptqmodel_(model: nn.Module, tokenizer, ids: torch.Tensor, cfg: GPTQConfig, keep: str | Path | None = None
-               ) -> dict:
+def gptqmodel_(model: nn.Module, tokenizer, ids: torch.Tensor, cfg: GPTQConfig, keep: str | Path | None = None,
+               batch_size: int = 1) -> dict:
     """Quantize `model` in place (dequantized float weights) with GPTQModel. ids: [N, T]."""
     gm = _import_gptqmodel()
     ops = runtime_ops(model)
@@ -62,7 +63,7 @@ def gptqmodel_(model: nn.Module, tokenizer, ids: torch.Tensor, cfg: GPTQConfig, 
         if ops:
             attach_runtime_(qmodel.model, ops)
         qmodel.quantize([{"input_ids": r[None], "attention_mask": torch.ones(1, r.numel(), dtype=torch.long)}
-                         for r in ids], batch_size=cfg.batch_size)
+                         for r in ids], batch_size=batch_size)
         t_quant = time.perf_counter() - t0
         qmodel.save(str(dst))
         del qmodel

@@ -6,44 +6,86 @@ fixed on calibration data). Pure functions; the model-level fake-quantizer build
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import AfterValidator, Field, field_validator
 
-from ..errors import SmoothQuantError
+from ..schema import Config
 
 
+def _group_size(v: int) -> int:
+    if v == 0 or v < -1:
+        raise ValueError("group_size must be -1 (per channel) or a positive group width such as 64 or 128")
+    return v
+
+
+GroupSize = Annotated[int, AfterValidator(_group_size)]  # -1: one scale per output row; uneven last groups handled
+
+
+class WeightQuant(Config):
+    """`weights: {method: rtn}`: round-to-nearest weights."""
+    bits: int = Field(4, ge=2, le=8)
+    group_size: GroupSize = 128
+    symmetric: bool = True
+    method: Literal["rtn"] = "rtn"
+
+    def describe(self) -> str:
+        return (f"RTN int{self.bits} " + ("per-channel" if self.group_size == -1 else f"g{self.group_size}")
+                + (" sym" if self.symmetric else " asym"))
+
+
+# ---- activation granularities: a registry, so a new one is one registration ------------------------
 @dataclass(frozen=True)
-class WeightQuant:
-    bits: int = 4
-    group_size: int = 64  # -1: one scale per output row (per channel)
+class Granularity:
+    name: str  # activations.granularity
+    static: bool  # True: ranges calibrated once on calibration windows; False: computed per call
+    label: str  # for descriptions: "per-token dynamic"
+    # (x float [..., C], calibrated (lo, hi) or None) -> (lo, hi) broadcastable to x
+    ranges: Callable[[torch.Tensor, tuple | None], tuple[torch.Tensor, torch.Tensor]]
+
+
+GRANULARITIES: dict[str, Granularity] = {}
+
+
+def register_granularity(g: Granularity) -> Granularity:
+    GRANULARITIES[g.name] = g
+    return g
+
+
+register_granularity(Granularity("per_token", False, "per-token dynamic",
+                                 lambda x, _static: (x.amin(-1, keepdim=True), x.amax(-1, keepdim=True))))
+register_granularity(Granularity("per_tensor", True, "per-tensor static",
+                                 lambda x, static: static if static is not None else (x.amin(), x.amax())))
+
+
+class ActQuant(Config):
+    """`activations:`: int fake quantization of every projection input."""
+    bits: int = Field(8, ge=2, le=16)
+    granularity: str = "per_tensor"  # a registered Granularity: per_token (dynamic) | per_tensor (static)
     symmetric: bool = True
 
-    def __post_init__(self):
-        if not 2 <= self.bits <= 8:
-            raise SmoothQuantError(f"weight bits must be between 2 and 8 (got {self.bits}).")
-        if self.group_size == 0 or self.group_size < -1:
-            raise SmoothQuantError(f"group_size must be -1 (per channel) or positive (got {self.group_size}).")
+    @field_validator("granularity")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in GRANULARITIES:
+            raise ValueError(f"activation granularity must be one of {', '.join(GRANULARITIES)}")
+        return v
 
+    @property
+    def kind(self) -> Granularity:
+        return GRANULARITIES[self.granularity]
 
-@dataclass(frozen=True)
-class ActQuant:
-    bits: int = 8
-    granularity: Literal["per_token", "per_tensor"] = "per_tensor"
-    symmetric: bool = True
-
-    def __post_init__(self):
-        if not 2 <= self.bits <= 16:
-            raise SmoothQuantError(f"activation bits must be between 2 and 16 (got {self.bits}).")
-        if self.granularity not in ("per_token", "per_tensor"):
-            raise SmoothQuantError(f"activation granularity must be per_token or per_tensor (got {self.granularity}).")
+    def describe(self) -> str:
+        return f"A{self.bits} {self.kind.label}"
 
 
 def scale_zero(bits: int, symmetric: bool, amin: torch.Tensor, amax: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Ranges [amin, amax] (widened to hold 0) -> the grid's scale and unsigned zero point
-    (None for a symmetric grid). The export writes the same numbers (export/compressed_format.py)."""
+    (None for a symmetric grid). The export writes the same numbers (export/formats/compressed_tensors.py)."""
     amin, amax = amin.clamp(max=0), amax.clamp(min=0)
     if symmetric:
         return torch.maximum(amax.abs(), amin.abs()).clamp(min=1e-8) / (2 ** (bits - 1) - 1), None
@@ -86,8 +128,5 @@ def fake_quant_act(x: torch.Tensor, q: ActQuant, static_range: tuple[torch.Tenso
                    ) -> torch.Tensor:
     """x: [..., C]. per_token: a range per row; per_tensor: `static_range` (calibrated) or x's own."""
     xf = x.float()
-    if q.granularity == "per_token":
-        lo, hi = xf.amin(-1, keepdim=True), xf.amax(-1, keepdim=True)
-    else:
-        lo, hi = static_range if static_range is not None else act_range(xf)
+    lo, hi = q.kind.ranges(xf, static_range)
     return _round_trip(xf, q.bits, q.symmetric, lo, hi).to(x.dtype)

@@ -10,78 +10,119 @@ after the weights are quantized, so GPTQ W4 + A8 combine. Everything stays float
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from pydantic import SerializeAsAny, field_validator
 from torch import nn
 
 from ..errors import SmoothQuantError
+from ..schema import Config
 from .fake import attach_act_quant_, linear_modules, rtn_weights_, weight_view
 from .gptq import GPTQConfig, gptq_
+from .gptqmodel import gptqmodel_
 from .rtn import ActQuant, WeightQuant, uneven_groups
 
 
+# ---- weight methods: a registry, so a new one is one registration ----------------------------------
 @dataclass(frozen=True)
-class Scheme:
-    name: str
-    weights: GPTQConfig | WeightQuant
+class WeightMethod:
+    name: str  # weights.method
+    config: type[Config]  # its schema (a Config with `method`, `bits`, `group_size`, `symmetric`, `describe()`)
+    # (model, config, calibration ids [N, T], batch_size, backend, tokenizer) -> report; quantizes in place
+    quantize: Callable[..., dict]
+
+
+WEIGHT_METHODS: dict[str, WeightMethod] = {}
+GPTQ_BACKENDS = ("builtin", "gptqmodel")  # builtin: faster on CPU, same PPL (bench/); gptqmodel: GPTQModel
+
+
+def register_weight_method(m: WeightMethod) -> WeightMethod:
+    WEIGHT_METHODS[m.name] = m
+    return m
+
+
+def _gptq(model, cfg: GPTQConfig, ids, batch_size: int, backend: str, tokenizer) -> dict:
+    if backend == "gptqmodel":
+        if tokenizer is None:
+            raise SmoothQuantError("the gptqmodel backend writes the model to disk for GPTQModel: pass the tokenizer")
+        return gptqmodel_(model, tokenizer, ids, cfg, batch_size=batch_size)
+    if backend != "builtin":
+        raise SmoothQuantError(f"GPTQ backend must be one of {', '.join(GPTQ_BACKENDS)} (got {backend!r}).")
+    rep = gptq_(model, ids, cfg, batch_size=batch_size)
+    rep.pop("modules")
+    return rep
+
+
+def _rtn(model, cfg: WeightQuant, ids, batch_size: int, backend: str, tokenizer) -> dict:
+    rtn_weights_(model, cfg)
+    return {}
+
+
+register_weight_method(WeightMethod("gptq", GPTQConfig, _gptq))
+register_weight_method(WeightMethod("rtn", WeightQuant, _rtn))
+
+
+class Scheme(Config):
+    """A column of the table: weights (a registered method) x activations (None: A16)."""
+    name: str = ""  # in a recipe: the key under quantization.schemes
+    weights: SerializeAsAny[Config] = GPTQConfig()
     activations: ActQuant | None = None
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _method(cls, v):
+        if isinstance(v, dict):
+            method = v.get("method", "gptq")
+            if method not in WEIGHT_METHODS:
+                raise ValueError(f"unknown weights.method {method!r}; use one of {', '.join(WEIGHT_METHODS)}")
+            return WEIGHT_METHODS[method].config.model_validate(v)
+        if not any(isinstance(v, m.config) for m in WEIGHT_METHODS.values()):
+            raise ValueError(f"weights must be one of {', '.join(m.config.__name__ for m in WEIGHT_METHODS.values())}")
+        return v
 
     @property
     def method(self) -> str:
-        return "gptq" if isinstance(self.weights, GPTQConfig) else "rtn"
+        return self.weights.method
+
+    @classmethod
+    def child_type(cls, key: str, value=None):
+        if key == "weights":  # the keys of the method the user chose
+            method = value.get("method", "gptq") if isinstance(value, dict) else "gptq"
+            return WEIGHT_METHODS[method].config if method in WEIGHT_METHODS else None
+        return super().child_type(key, value)
 
     def describe(self) -> str:
-        w = self.weights
-        wq = (f"{self.method.upper()} int{w.bits} " + ("per-channel" if w.group_size == -1 else f"g{w.group_size}")
-              + (" sym" if w.symmetric else " asym"))
-        if isinstance(w, GPTQConfig) and w.act_order != "off":
-            wq += f" act-order {w.act_order}"
-        if isinstance(w, GPTQConfig) and w.backend != "builtin":
-            wq += f" ({w.backend})"
-        a = self.activations
-        aq = "A16" if a is None else (f"A{a.bits} " + ("per-token dynamic" if a.granularity == "per_token"
-                                                       else "per-tensor static"))
-        return f"{wq}, {aq}"
+        return f"{self.weights.describe()}, {'A16' if self.activations is None else self.activations.describe()}"
 
     def to_dict(self) -> dict:
-        w = {k: v for k, v in asdict(self.weights).items() if k not in ("progress", "batch_size", "block_size")}
-        return {"name": self.name, "method": self.method, "weights": w,
-                "activations": None if self.activations is None else asdict(self.activations),
+        return {"name": self.name, "method": self.method,
+                "weights": self.weights.model_dump(exclude={"method", "block_size"}),
+                "activations": None if self.activations is None else self.activations.model_dump(),
                 "description": self.describe()}
 
 
 def preset_schemes(group_size: int = 128, gptq: GPTQConfig = GPTQConfig()) -> tuple[Scheme, ...]:
     """The table's columns: W4A16 GPTQ, W8A8 (GPTQ int8 per-channel + int8 per-token dynamic, the
     SmoothQuant / llm-compressor W8A8), W4A8 (GPTQ int4 + int8 per-tensor static, the hard case)."""
-    w4 = replace(gptq, bits=4, group_size=group_size)
+    w4 = gptq.replace(bits=4, group_size=group_size)
     return (Scheme("W4A16", w4),
-            Scheme("W8A8", replace(gptq, bits=8, group_size=-1), ActQuant(8, "per_token")),
+            Scheme("W8A8", gptq.replace(bits=8, group_size=-1), ActQuant(8, "per_token")),
             Scheme("W4A8", w4, ActQuant(8, "per_tensor")))
 
 
 def weight_key(scheme: Scheme) -> tuple:
     """Schemes with equal keys quantize the weights identically (the quantized weights are reused)."""
-    return (scheme.method, *(v for k, v in sorted(asdict(scheme.weights).items()) if k != "progress"))
+    return (scheme.method, *sorted(scheme.weights.model_dump().items()))
 
 
 @torch.no_grad()
-def quantize_weights_(model: nn.Module, weights: GPTQConfig | WeightQuant, ids: torch.Tensor, tokenizer=None
-                      ) -> dict:
+def quantize_weights_(model: nn.Module, weights: Config, ids: torch.Tensor, tokenizer=None, *, batch_size: int = 1,
+                      backend: str = "builtin") -> dict:
     t0 = time.perf_counter()
     uneven = {n: uneven_groups(weight_view(m).shape[1], weights.group_size) for n, m in linear_modules(model)}
-    if isinstance(weights, GPTQConfig) and weights.backend == "gptqmodel":
-        from .gptqmodel import gptqmodel_
-
-        if tokenizer is None:
-            raise SmoothQuantError("the gptqmodel backend writes the model to disk for GPTQModel: pass the tokenizer")
-        rep = gptqmodel_(model, tokenizer, ids, weights)
-    elif isinstance(weights, GPTQConfig):
-        rep = gptq_(model, ids, weights)
-        rep.pop("modules")
-    else:
-        rtn_weights_(model, weights)
-        rep = {}
+    rep = WEIGHT_METHODS[weights.method].quantize(model, weights, ids, batch_size, backend, tokenizer)
     rep["seconds"] = round(time.perf_counter() - t0, 1)
     short = sorted({v for v in uneven.values() if v})
     if short:
@@ -92,13 +133,15 @@ def quantize_weights_(model: nn.Module, weights: GPTQConfig | WeightQuant, ids: 
 
 
 def quantize_(model: nn.Module, scheme: Scheme, ids: torch.Tensor, *, weights_done: bool = False,
-              tokenizer=None, progress: bool = True) -> dict:
+              tokenizer=None, progress: bool = True, batch_size: int = 1, backend: str = "builtin") -> dict:
     """Apply `scheme` in place: weights (unless `weights_done`, i.e. already quantized with the same
     weight config), then activation quantizers calibrated on `ids` [N, T]. Returns a report.
-    `tokenizer` is needed only by the gptqmodel backend (it loads the model from disk)."""
+    `batch_size`: calibration windows per GPTQ layer forward (1: least memory, and fastest on CPU here);
+    `backend`: builtin | gptqmodel (which needs the `tokenizer`: it loads the model from disk)."""
     rep = {"scheme": scheme.to_dict()}
     if not weights_done:
-        rep["weights"] = quantize_weights_(model, scheme.weights, ids, tokenizer)
+        rep["weights"] = quantize_weights_(model, scheme.weights, ids, tokenizer, batch_size=batch_size,
+                                           backend=backend)
     if scheme.activations is not None:
         attach_act_quant_(model, scheme.activations, ids, progress=progress)
     return rep

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from ..load.model import DEFAULT_MODEL, DEFAULT_MODEL_ID
+from ..export import get_format
+from ..load import DEFAULT_MODEL, DEFAULT_MODEL_ID
 from .markdown import _table
 from .quantization import STATE_LABEL, quantization_table
 
@@ -44,33 +45,6 @@ def _plan(report: dict) -> list[str]:
                      "no (run time: load with smooth_then_quant)"] for r in summary])]
 
 
-def _how_to_load(fmt: str, w: dict, a8: bool) -> list[str]:
-    """The quantized card's format paragraph and loading snippet."""
-    if fmt == "compressed-tensors":
-        return ["Weights and activation quantization are in compressed-tensors format (`quant_method: "
-                "compressed-tensors`, the format llm-compressor writes): vLLM runs it" + (
-                    " with int8 activations" if a8 else "") + ", and transformers loads it with the "
-                "`compressed-tensors` package installed. Their kernels compute in their own precision.", "",
-                "```python", "from smooth_then_quant import load_model  # exact float reproduction of the table",
-                "loaded = load_model(\"path/to/this/folder\")", "",
-                "from transformers import AutoModelForCausalLM  # needs compressed-tensors",
-                "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/folder\")", "",
-                "from vllm import LLM", "llm = LLM(\"path/to/this/folder\")", "```", ""]
-    return ["Weights are in GPTQ format (v1, `quant_method: gptq`): transformers (with `gptqmodel` and "
-            "`optimum` installed) and vLLM load them. Their kernels compute in their own precision (often "
-            "float16/bfloat16), and some (vLLM's, GPTQModel's AVX512) need group_size to divide every input "
-            "width." + (" Activations: this scheme quantizes them as well (`activation_quant.json`); only "
-                        "smooth_then_quant's loader re-attaches that (export with format compressed-tensors for "
-                        "vLLM's int8 activations)." if a8 else ""), "",
-            "```python", "from smooth_then_quant import load_model  # exact float reproduction of the table",
-            "loaded = load_model(\"path/to/this/folder\")", "",
-            "from transformers import AutoModelForCausalLM, GPTQConfig  # GPTQModel kernels",
-            "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/folder\")",
-            f"# on CPU: ..., quantization_config=GPTQConfig(bits={w['bits']}, backend=\"torch\")", "",
-            "from vllm import LLM  # its GPTQ kernels (checked on vLLM's CPU build)",
-            "llm = LLM(\"path/to/this/folder\")", "```", ""]
-
-
 def render_model_card(report: dict, kind: str, scheme: str | None = None, state: str | None = None) -> str:
     """kind: 'smoothed' (float checkpoint) or 'quantized' (`scheme` on `state`, GPTQ or compressed-tensors)."""
     name = (_base_model(report) or report["model"]["name"]).rsplit("/", 1)[-1]
@@ -84,7 +58,7 @@ def render_model_card(report: dict, kind: str, scheme: str | None = None, state:
         lines += [f"# {name}: {scheme}, {STATE_LABEL.get(state, state)}", "",
                   f"Quantized with smooth-then-quant {report['tool']['version']}: {sch['description']}. Smoothing "
                   f"before quantization: {report['quantization']['states'][state]}.", "",
-                  *_how_to_load(fmt, w, bool(sch["activations"]))]
+                  *get_format(fmt).how_to_load(w, bool(sch["activations"]))]
     else:
         lines += _front_matter(report, ["smoothed"])
         lines += [f"# {name}, smoothed for quantization", "",

@@ -3,16 +3,24 @@
     plan = plan_smoothing(model, analysis, SmoothingConfig(), calibration_ids)
     smooth_(model, plan)                                  # weights edited, runtime hooks attached
     repair_(model, teacher, calibration_ids, plan)        # optional LoRA repair, merged
+
+A new intervention is one module that registers an Intervention (smooth/registry.py); the built-in
+ones are in smooth/interventions/.
 """
+from ..arch import attach_runtime_, detach_runtime_, runtime_ops
 from .apply import clone_model, smooth_
-from .plan import (FlattenGamma, FlattenRows, MigrateDown, MigrateNorm, RemoveMassive, Repair, SmoothingPlan)
-from .planner import (FlattenGammaConfig, FlattenOTCConfig, MigrateConfig, RemoveMassiveConfig, SmoothingConfig,
-                      plan_smoothing)
-from .repair import RepairConfig, kl_to, repair_
-from .runtime import MassiveRemoval, attach_runtime_, detach_runtime_, remove_massive, runtime_ops
+from .interventions import (FlattenGamma, FlattenGammaConfig, FlattenOTCConfig, FlattenRows, MassiveRemoval,
+                            MigrateConfig, MigrateDown, MigrateNorm, RemoveMassive, RemoveMassiveConfig, Repair,
+                            RepairConfig, kl_to, remove_massive, repair_)
+from .plan import PlanItem, SmoothingPlan, params_of, register_item
+from .planner import PlanContext, plan_smoothing
+from .registry import (Intervention, SmoothingConfig, get_intervention, register_intervention,
+                       registered_interventions, unregister_intervention)
 from .search import SearchTarget
 
-__all__ = ["clone_model", "smooth_", "FlattenGamma", "FlattenRows", "MigrateDown", "MigrateNorm", "RemoveMassive",
-           "Repair", "SmoothingPlan", "FlattenGammaConfig", "FlattenOTCConfig", "MigrateConfig", "RemoveMassiveConfig",
-           "SmoothingConfig", "plan_smoothing", "RepairConfig", "kl_to", "repair_", "MassiveRemoval",
-           "attach_runtime_", "detach_runtime_", "remove_massive", "runtime_ops", "SearchTarget"]
+__all__ = ["FlattenGamma", "FlattenGammaConfig", "FlattenOTCConfig", "FlattenRows", "Intervention", "MassiveRemoval",
+           "MigrateConfig", "MigrateDown", "MigrateNorm", "PlanContext", "PlanItem", "RemoveMassive",
+           "RemoveMassiveConfig", "Repair", "RepairConfig", "SearchTarget", "SmoothingConfig", "SmoothingPlan",
+           "attach_runtime_", "clone_model", "detach_runtime_", "get_intervention", "registered_interventions", "kl_to",
+           "params_of", "plan_smoothing", "register_intervention", "register_item", "remove_massive", "repair_",
+           "runtime_ops", "smooth_", "unregister_intervention"]

@@ -2,53 +2,21 @@
 
     smooth_(model, plan)
 
-Weight-foldable interventions edit the weights; runtime ones (MassiveRemoval) are attached as
-hooks next to any already on the model. Interventions run in plan order.
+Weight-foldable items edit the weights (each item's apply_); runtime ones are attached as hooks
+next to any already on the model (arch.runtime). Items run in plan order.
 """
 from __future__ import annotations
 
 import copy
 import logging
 
-import torch
 from torch import nn
 
-from ..arch import ArchAdapter, NormSite, adapter_for
+from ..arch import ArchAdapter, adapter_for, attach_runtime_, detach_runtime_, runtime_ops
 from ..errors import SmoothQuantError
 from .plan import SmoothingPlan
-from .runtime import attach_runtime_, detach_runtime_, runtime_ops
-from .transforms import flatten_gamma_, flatten_rows_, migrate_down_, migrate_norm_
 
 log = logging.getLogger(__name__)
-
-
-def site_of(adapter: ArchAdapter, name: str) -> NormSite:
-    return {"attn": adapter.attn_norm, "mlp": adapter.mlp_norm}[name]
-
-
-def _flatten_gamma(layer, adapter, i):
-    flatten_gamma_(layer, site_of(adapter, i.site), i.channels, i.replace_with)
-
-
-def _flatten_rows(layer, adapter, i):
-    flatten_rows_(layer, adapter, adapter.projections()[i.point], i.rows)
-
-
-def _migrate_norm(layer, adapter, i):
-    migrate_norm_(layer, adapter, site_of(adapter, i.site), torch.tensor(i.scales))
-
-
-def _migrate_down(layer, adapter, i):
-    migrate_down_(layer, adapter, torch.tensor(i.scales))
-
-
-def _repair(_layer, _adapter, _i):
-    raise SmoothQuantError("this plan contains a LoRA repair, which is training and cannot be replayed from the plan; "
-                           "load the exported checkpoint (its weights hold the merged repair) or drop the entry.")
-
-
-WEIGHT_EDITS = {"flatten_gamma": _flatten_gamma, "flatten_rows": _flatten_rows, "migrate_norm": _migrate_norm,
-                "migrate_down": _migrate_down, "repair": _repair}
 
 
 def check_plan(model: nn.Module, plan: SmoothingPlan) -> ArchAdapter:
@@ -69,7 +37,7 @@ def smooth_(model: nn.Module, plan: SmoothingPlan) -> nn.Module:
     layers = adapter.decoder_layers(model)
     for i in plan.interventions:
         if i.foldable:
-            WEIGHT_EDITS[i.kind](layers[getattr(i, "layer", 0)], adapter, i)
+            i.apply_(layers[getattr(i, "layer", 0)], adapter)
     new = plan.runtime()
     if new:
         attach_runtime_(model, runtime_ops(model) + new)

@@ -1,11 +1,13 @@
 """The smoothing plan: what to change, where, and why, as plain data (JSON round trip).
 
-Each intervention declares
+Each entry is a PlanItem of a registered kind, and declares
   exact     the model's function is unchanged (up to float rounding);
-  foldable  the change lives in the weights, so a vanilla checkpoint reproduces it;
-            otherwise it is a runtime hook that our loader re-attaches (MassiveRemoval).
+  foldable  the change lives in the weights (`apply_`), so a vanilla checkpoint reproduces it;
+            otherwise it is a runtime hook (`runtime_op`) that our loader re-attaches;
+  touched   the parameters it edits (so planning can apply it temporarily and put them back).
 The list order is the order of application: lossy edits first, then the exact migrations whose
-scales were computed on the already-edited model.
+scales were computed on the already-edited model. The kinds are registered by the intervention
+modules (smooth/interventions/).
 """
 from __future__ import annotations
 
@@ -14,95 +16,46 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
+import torch
+from torch import nn
+
+from ..arch import ArchAdapter
 from ..errors import SmoothQuantError
-from .runtime import MassiveRemoval
+
+ITEM_KINDS: dict[str, type[PlanItem]] = {}
 
 
 @dataclass
-class RemoveMassive:
-    """Paper §3.3: replace the TMAs at `point` (y6) by the tensor mean or zero, at run time."""
-    kind: ClassVar[str] = "remove_massive"
-    exact: ClassVar[bool] = False
-    foldable: ClassVar[bool] = False
-    layer: int
-    point: str
-    channels: list[int] | None
-    replace_with: str
-    abs_threshold: float = 100.0
-    ratio: float = 1000.0
-    reason: str = ""
+class PlanItem:
+    """One edit of the plan. Subclasses are dataclasses with a `kind`, `exact` and `foldable`."""
+    kind: ClassVar[str]
+    exact: ClassVar[bool]
+    foldable: ClassVar[bool]
 
-    def runtime_op(self) -> MassiveRemoval:
-        return MassiveRemoval(self.layer, self.point, None if self.channels is None else tuple(self.channels),
-                              self.replace_with, self.abs_threshold, self.ratio)
+    def apply_(self, layer: nn.Module, adapter: ArchAdapter) -> None:
+        """Edit the weights of decoder layer `layer` (foldable items)."""
+        raise NotImplementedError(f"{self.kind} is not weight-folded")
 
+    def runtime_op(self):
+        """The hook that does it at run time (non-foldable items): see arch.runtime."""
+        raise NotImplementedError(f"{self.kind} is folded into the weights")
 
-@dataclass
-class FlattenGamma:
-    """Paper §4.2/4.4: set the γ entries that make channel outliers to the γ mean (or zero)."""
-    kind: ClassVar[str] = "flatten_gamma"
-    exact: ClassVar[bool] = False
-    foldable: ClassVar[bool] = True
-    layer: int
-    site: str  # attn | mlp
-    channels: list[int]
-    replace_with: str
-    reason: str = ""
+    def touched(self, adapter: ArchAdapter, layer: nn.Module) -> list[torch.Tensor]:
+        """The parameters apply_ edits (every foldable kind must say)."""
+        raise NotImplementedError(f"{self.kind} does not say which parameters it edits")
 
 
-@dataclass
-class FlattenRows:
-    """Paper §4.3 / Table 3: set rows (output channels) of a projection, e.g. OTCs, to their mean."""
-    kind: ClassVar[str] = "flatten_rows"
-    exact: ClassVar[bool] = False
-    foldable: ClassVar[bool] = True
-    layer: int
-    point: str  # the point the projection computes: x3/x4/x5, y3/y4, y7
-    rows: list[int]
-    reason: str = ""
+def register_item(cls: type[PlanItem]) -> type[PlanItem]:
+    if cls.kind in ITEM_KINDS and ITEM_KINDS[cls.kind] is not cls:
+        raise ValueError(f"plan kind '{cls.kind}' is already registered by {ITEM_KINDS[cls.kind].__name__}")
+    ITEM_KINDS[cls.kind] = cls
+    return cls
 
 
-@dataclass
-class MigrateNorm:
-    """Exact: γ / s and the reading projections' input columns × s (SmoothQuant at x2 / y2)."""
-    kind: ClassVar[str] = "migrate_norm"
-    exact: ClassVar[bool] = True
-    foldable: ClassVar[bool] = True
-    layer: int
-    site: str  # attn | mlp
-    alpha: float
-    scales: list[float]
-    reason: str = ""
-
-
-@dataclass
-class MigrateDown:
-    """Exact: y6 / s through W_up's rows, W_down's columns × s (the exact counterpart of §3.3)."""
-    kind: ClassVar[str] = "migrate_down"
-    exact: ClassVar[bool] = True
-    foldable: ClassVar[bool] = True
-    layer: int
-    alpha: float
-    scales: list[float]
-    reason: str = ""
-
-
-@dataclass
-class Repair:
-    """§4.4: LoRA adapters distilled against the unmodified model, merged into the weights.
-    Not replayable from the plan (it is training); the weights of an export carry it."""
-    kind: ClassVar[str] = "repair"
-    exact: ClassVar[bool] = False
-    foldable: ClassVar[bool] = True
-    modules: list[str]
-    config: dict
-    result: dict
-    reason: str = ""
-
-
-Intervention = RemoveMassive | FlattenGamma | FlattenRows | MigrateNorm | MigrateDown | Repair
-KINDS: dict[str, type] = {c.kind: c for c in (RemoveMassive, FlattenGamma, FlattenRows, MigrateNorm, MigrateDown,
-                                              Repair)}
+def params_of(layer: nn.Module, path: str) -> list[torch.Tensor]:
+    """weight (and bias) of the submodule at `path`: what most items touch."""
+    m = layer.get_submodule(path)
+    return [t for t in (m.weight, getattr(m, "bias", None)) if t is not None]
 
 
 @dataclass
@@ -112,13 +65,13 @@ class SmoothingPlan:
     notes: list[str] = field(default_factory=list)
     FORMAT: ClassVar[int] = 1
 
-    def runtime(self) -> list[MassiveRemoval]:
+    def runtime(self) -> list:
         return [i.runtime_op() for i in self.interventions if not i.foldable]
 
     def kinds(self) -> list[str]:
         return list(dict.fromkeys(i.kind for i in self.interventions))
 
-    def subset(self, kinds: set[str]) -> "SmoothingPlan":
+    def subset(self, kinds: set[str]) -> SmoothingPlan:
         return SmoothingPlan(self.model_type, [i for i in self.interventions if i.kind in kinds], list(self.notes))
 
     def summary(self) -> list[dict]:
@@ -138,15 +91,16 @@ class SmoothingPlan:
                                   for i in self.interventions]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SmoothingPlan":
+    def from_dict(cls, d: dict) -> SmoothingPlan:
         if d.get("format") != cls.FORMAT:
             raise SmoothQuantError(f"smoothing plan format {d.get('format')!r} is not supported (expected {cls.FORMAT}).")
         items = []
         for raw in d.get("interventions", []):
             kind = raw.get("kind")
-            if kind not in KINDS:
-                raise SmoothQuantError(f"unknown intervention kind '{kind}' in smoothing plan; known: {', '.join(KINDS)}")
-            c = KINDS[kind]
+            if kind not in ITEM_KINDS:
+                raise SmoothQuantError(f"unknown intervention kind '{kind}' in smoothing plan; known: "
+                                       f"{', '.join(ITEM_KINDS)}")
+            c = ITEM_KINDS[kind]
             items.append(c(**{f.name: raw[f.name] for f in fields(c) if f.name in raw}))
         return cls(d["model_type"], items, list(d.get("notes", [])))
 
@@ -154,7 +108,7 @@ class SmoothingPlan:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path) -> "SmoothingPlan":
+    def load(cls, path: str | Path) -> SmoothingPlan:
         try:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (json.JSONDecodeError, KeyError, TypeError) as e:

@@ -14,20 +14,32 @@ only has to score W_down.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from ..quantize import ActQuant, WeightQuant, fake_quant_act, fake_quant_weight
+from ..quantize import ActQuant, GroupSize, WeightQuant, fake_quant_act, fake_quant_weight
+from ..schema import Config
 from .transforms import column_absmax, smoothquant_scales
 
 ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
 
-@dataclass(frozen=True)
-class SearchTarget:
-    weight: WeightQuant = field(default_factory=lambda: WeightQuant(bits=4, group_size=64))
-    act: ActQuant = field(default_factory=lambda: ActQuant(bits=8, granularity="per_tensor"))
+class SearchTarget(Config):
+    """The quantization the α search scores migrations against (default: W4 g64 + A8 static, the hard case)."""
+    weight_bits: int = Field(4, ge=2, le=8)
+    group_size: GroupSize = 64
+    act_bits: int = Field(8, ge=2, le=16)
+    act_granularity: Literal["per_token", "per_tensor"] = "per_tensor"
+
+    @property
+    def weight(self) -> WeightQuant:
+        return WeightQuant(self.weight_bits, self.group_size)
+
+    @property
+    def act(self) -> ActQuant:
+        return ActQuant(self.act_bits, self.act_granularity)
 
 
 def _weight_quant(w: torch.Tensor, q: WeightQuant) -> torch.Tensor:

@@ -21,6 +21,11 @@ from ..arch import ArchAdapter, NormSite, Proj
 EPS = 1e-5
 
 
+def site_of(adapter: ArchAdapter, name: str) -> NormSite:
+    """attn | mlp -> the norm site (the norm and the projections reading it)."""
+    return {"attn": adapter.attn_norm, "mlp": adapter.mlp_norm}[name]
+
+
 def smoothquant_scales(act_absmax: torch.Tensor, weight_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
     """SmoothQuant's s_c = max|X_c|^α / max|W_:,c|^(1-α): [C] -> [C] (float32, > 0)."""
     a = act_absmax.float().clamp(min=EPS)

@@ -4,7 +4,7 @@ import torch
 from planting import FAMILIES, tiny_config, tiny_model, windows
 from smooth_then_quant.arch import adapter_for, supported_model_types
 from smooth_then_quant.errors import SmoothQuantError
-from smooth_then_quant.probe import ProbeConfig, probe
+from smooth_then_quant.probe import ProbeConfig, probe_model
 
 
 def expected_channels(family: str) -> dict[str, int]:
@@ -22,7 +22,7 @@ def expected_channels(family: str) -> dict[str, int]:
 def test_hooks_fire_at_every_point_with_the_right_shapes(family):
     model = tiny_model(family)
     ids = windows(samples=6, seq_len=12)
-    result = probe(model, ids, ProbeConfig(batch_size=4, progress=False))
+    result = probe_model(model, ids, ProbeConfig(batch_size=4))
     want = expected_channels(family)
     assert set(result.adapter.point_names) == set(want)
     for layer in range(result.num_layers):

@@ -2,15 +2,14 @@ import pytest
 import torch
 
 from planting import FAMILIES, plant_gamma_, plant_otc_, quiet_post_norms_, structured_embeddings_, tiny_model, windows
-from smooth_then_quant.analyze import AnalysisConfig, analyze
+from smooth_then_quant.detect import AnalysisConfig, analyze
 from smooth_then_quant.detect import ChannelRule, outlier_mask
-from smooth_then_quant.probe import ProbeConfig
 
 CONST = 21  # the embedding channel that holds the same value for every token
 
 
 def run(model):
-    return analyze(model, windows(8, 16), AnalysisConfig(probe=ProbeConfig(progress=False)))
+    return analyze(model, windows(8, 16), AnalysisConfig())
 
 
 def test_outlier_rule_by_hand():

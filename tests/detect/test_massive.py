@@ -1,9 +1,9 @@
 import pytest
 
 from planting import FAMILIES, TRIGGER, plant_massive_, quiet_post_norms_, structured_embeddings_, tiny_model, windows
-from smooth_then_quant.analyze import analyze, AnalysisConfig
+from smooth_then_quant.detect import analyze, AnalysisConfig
 from smooth_then_quant.detect import MassiveRule, find_massive
-from smooth_then_quant.probe import ProbeConfig, probe
+from smooth_then_quant.probe import ProbeConfig, probe_model
 
 LAYER, MLP_CH, HID_CH, RESERVED, TOKEN, CONST = 1, 17, 9, 40, 3, 21
 
@@ -20,7 +20,7 @@ def planted(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_planted_massive_activation_is_tma_at_its_layer_and_fma_downstream(family):
     model = planted(family)
-    result = probe(model, windows(8, 16, trigger_at=TOKEN), ProbeConfig(progress=False))
+    result = probe_model(model, windows(8, 16, trigger_at=TOKEN), ProbeConfig())
     mas = find_massive(result)
     assert mas, "planted massive activation not found"
     assert {a.token for a in mas} == {TOKEN}
@@ -46,22 +46,21 @@ def test_planted_massive_activation_is_tma_at_its_layer_and_fma_downstream(famil
 def test_no_massive_activation_without_the_plant():
     model = tiny_model("llama")
     structured_embeddings_(model)
-    assert find_massive(probe(model, windows(8, 16, trigger_at=TOKEN), ProbeConfig(progress=False))) == []
+    assert find_massive(probe_model(model, windows(8, 16, trigger_at=TOKEN), ProbeConfig())) == []
 
 
 def test_thresholds_are_configurable():
     model = planted("llama")
     ids = windows(8, 16, trigger_at=TOKEN)
-    strict = analyze(model, ids, AnalysisConfig(massive=MassiveRule(abs_threshold=1e9),
-                                                probe=ProbeConfig(progress=False)))
+    strict = analyze(model, ids, AnalysisConfig(massive=MassiveRule(abs_threshold=1e9)))
     assert strict.massive == []
-    loose = analyze(model, ids, AnalysisConfig(probe=ProbeConfig(progress=False)))
+    loose = analyze(model, ids, AnalysisConfig())
     assert loose.massive
 
 
 def test_families_report_origin_and_residual_channel():
     model = planted("llama")
-    a = analyze(model, windows(8, 16, trigger_at=TOKEN), AnalysisConfig(probe=ProbeConfig(progress=False)))
+    a = analyze(model, windows(8, 16, trigger_at=TOKEN), AnalysisConfig())
     fams = a.to_dict()["massive_families"]
     assert len(fams) == 1
     f = fams[0]

@@ -19,8 +19,8 @@ def test_perplexity_matches_a_direct_computation():
             logp = F.log_softmax(logits[:-1].double(), -1)
             total -= float(logp.gather(1, row[1:, None]).sum())
             count += row.numel() - 1
-    assert perplexity(model, ids, batch_size=2, progress=False) == pytest.approx(math.exp(total / count), rel=1e-5)
-    assert window_nll(model, ids, batch_size=3, progress=False).shape == (5,)
+    assert perplexity(model, ids, batch_size=2) == pytest.approx(math.exp(total / count), rel=1e-5)
+    assert window_nll(model, ids, batch_size=3).shape == (5,)
 
 
 def test_evaluation_windows_are_the_standard_protocol():
@@ -37,7 +37,7 @@ def test_evaluation_windows_are_the_standard_protocol():
 def test_cache_does_not_recompute_the_same_state():
     model = tiny_model("llama", init=0.2)
     cache = PerplexityCache()
-    cfg = EvalConfig(seq_len=32, max_windows=3, batch_size=3, progress=False)
+    cfg = EvalConfig(seq_len=32, max_windows=3, batch_size=3)
     a = cache.perplexity(model, char_tokenizer(), "offline", cfg)
     b = cache.perplexity(model, char_tokenizer(), "offline", cfg)
     assert a == b and cache.hits == 1

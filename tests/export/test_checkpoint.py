@@ -6,7 +6,6 @@ from transformers import AutoModelForCausalLM
 from planting import FAMILIES, char_tokenizer, plant_gamma_, structured_embeddings_, tiny_model, windows
 from smooth_then_quant import AnalysisConfig, SmoothQuantError, analyze
 from smooth_then_quant.export import export_smoothed
-from smooth_then_quant.probe import ProbeConfig
 from smooth_then_quant.smooth import SmoothingConfig, plan_smoothing, smooth_
 
 
@@ -17,8 +16,8 @@ def test_weight_folded_smoothing_reloads_with_plain_transformers(family, tmp_pat
     plant_gamma_(model, 0, "attn", 3, 20.0)
     ids = windows(4, 24)
     ref = model(ids).logits.detach()
-    an = analyze(model, ids, AnalysisConfig(probe=ProbeConfig(progress=False)))
-    plan = plan_smoothing(model, an, SmoothingConfig(progress=False), ids)
+    an = analyze(model, ids, AnalysisConfig())
+    plan = plan_smoothing(model, an, SmoothingConfig(), ids)
     assert plan.interventions and all(i.foldable for i in plan.interventions)
     smooth_(model, plan)
     export_smoothed(model, char_tokenizer(), plan, tmp_path / "out")

@@ -6,21 +6,21 @@ import json
 import pytest
 import torch
 
-from planting import char_tokenizer, save_tiny, tiny_model, windows
+from planting import save_tiny, tiny_model, windows
 from smooth_then_quant import SmoothQuantError
 from smooth_then_quant.arch import adapter_for
 from smooth_then_quant.export import export_quantized
-from smooth_then_quant.export import compressed_format as ct
+from smooth_then_quant.export.formats import compressed_tensors as ct
 from smooth_then_quant.load import load_model
 from smooth_then_quant.quantize import ActQuant, GPTQConfig, Scheme, WeightQuant, quantize_
 from smooth_then_quant.quantize.fake import weight_view
 from smooth_then_quant.quantize.grid import grid_of
 
 SCHEMES = {
-    "W8A8 per-token": Scheme("W8A8", GPTQConfig(8, -1, progress=False), ActQuant(8, "per_token")),
+    "W8A8 per-token": Scheme("W8A8", GPTQConfig(8, -1), ActQuant(8, "per_token")),
     "W4A8 static asym": Scheme("W4A8", WeightQuant(4, 32), ActQuant(8, "per_tensor", symmetric=False)),
-    "W4A8 static, GPTQ": Scheme("W4A8", GPTQConfig(4, 32, progress=False), ActQuant(8, "per_tensor")),
-    "W4A16": Scheme("W4A16", GPTQConfig(4, 32, progress=False)),
+    "W4A8 static, GPTQ": Scheme("W4A8", GPTQConfig(4, 32), ActQuant(8, "per_tensor")),
+    "W4A16": Scheme("W4A16", GPTQConfig(4, 32)),
     "W8A16 asym groups": Scheme("W8A16", WeightQuant(8, 32, symmetric=False)),
 }
 
@@ -31,7 +31,7 @@ def _loaded_and_quantized(tmp_path, family, scheme):
     save_tiny(tmp_path / "m", family, plant=False, init=0.05)
     loaded = load_model(str(tmp_path / "m"))
     ids = windows(6, 24)
-    quantize_(loaded.model, scheme, ids, progress=False)
+    quantize_(loaded.model, scheme, ids)
     return loaded, ids
 
 
@@ -117,14 +117,14 @@ def test_what_compressed_tensors_cannot_hold_is_refused(tmp_path):
 
     def quantized(family, scheme):
         model = tiny_model(family, init=0.05)
-        quantize_(model, scheme, ids, progress=False)
+        quantize_(model, scheme, ids)
         return model
 
     with pytest.raises(SmoothQuantError, match="nn.Linear"):  # GPT-2's Conv1D
         export_quantized(quantized("gpt2", Scheme("w", WeightQuant(8, -1))), None, tmp_path / "a",
                          format="compressed-tensors")
     with pytest.raises(SmoothQuantError, match="act order"):
-        export_quantized(quantized("llama", Scheme("w", GPTQConfig(4, 32, act_order="desc", progress=False))), None,
+        export_quantized(quantized("llama", Scheme("w", GPTQConfig(4, 32, act_order="desc"))), None,
                          tmp_path / "b", format="compressed-tensors")
     with pytest.raises(SmoothQuantError, match="does not divide"):
         export_quantized(quantized("qwen2", Scheme("w", WeightQuant(4, 48))), None, tmp_path / "c",

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-from transformers import AutoTokenizer
 
 from smooth_then_quant.errors import SmoothQuantError
 from smooth_then_quant.load import calibration_windows, load_text
@@ -60,3 +59,39 @@ def test_unreachable_hub_dataset_names_the_offline_option(source, monkeypatch):
     with pytest.raises(SmoothQuantError) as e:
         load_text(source, "evaluation")
     assert "offline" in str(e.value) and source in str(e.value)
+
+
+def _c4_stand_in(monkeypatch, docs):
+    """allenai/c4 read through datasets.load_dataset, served from a local Dataset (no hub)."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(path, data_files=None, split=None, **kw):
+        calls.append((path, data_files, split))
+        return datasets.Dataset.from_dict({"text": docs})
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_c4_calibration_takes_windows_inside_random_long_documents(monkeypatch):
+    docs = [f"doc{i} " + "abcdefghij"[i % 10] * (5 if i % 3 == 0 else 80) for i in range(30)]  # every 3rd too short
+    calls = _c4_stand_in(monkeypatch, docs)
+    ids, prov = calibration_windows(CharTokenizer(), "c4", samples=6, seq_len=40, seed=3)
+    assert calls[0] == ("allenai/c4", {"train": "en/c4-train.00000-of-01024.json.gz"}, "train")
+    assert ids.shape == (6, 40) and prov["hub"].startswith("allenai/c4/") and prov["seed"] == 3
+    coded = ["".join(chr(ord(c) % 1000) for c in d) for d in docs]
+    for w in ids.tolist():  # each window is a contiguous piece of one document longer than seq_len
+        piece = "".join(map(chr, w))
+        assert any(piece in d and len(d) > 40 for d in coded), piece
+    again, _ = calibration_windows(CharTokenizer(), "c4", samples=6, seq_len=40, seed=3)
+    assert again.equal(ids)
+    ev = load_text("c4", "evaluation")
+    assert calls[-1][2] == "validation" and ev.text == " ".join(docs)  # the first 1100 documents joined with " "
+
+
+def test_c4_without_documents_longer_than_seq_len_is_a_clear_error(monkeypatch):
+    # regression: this was torch.stack([]) -> a RuntimeError traceback
+    _c4_stand_in(monkeypatch, ["short text"] * 5)
+    with pytest.raises(SmoothQuantError, match="longer than seq_len=64"):
+        calibration_windows(CharTokenizer(), "c4", samples=2, seq_len=64)

@@ -33,8 +33,16 @@ def test_activation_quant_hooks_change_outputs_and_detach():
     model = tiny_model("llama", init=0.05)
     ids = windows(4, 16)
     ref = model(ids).logits
-    attach_act_quant_(model, ActQuant(4, "per_tensor"), ids, progress=False)
+    attach_act_quant_(model, ActQuant(4, "per_tensor"), ids)
+    seen = {}
+    handles = [m.register_forward_pre_hook(lambda _m, a, n=n: seen.setdefault(n, a[0].detach()))
+               for n, m in linear_modules(model)]  # registered after the quantizers: sees their output
     q = model(ids).logits
+    for h in handles:
+        h.remove()
+    assert len(seen) == len(linear_modules(model))
+    for name, x in seen.items():  # every projection reads a 4-bit tensor: at most 16 levels
+        assert x.unique().numel() <= 16, name
     assert not torch.allclose(q, ref, atol=1e-6)
     detach_act_quant_(model)
     assert torch.equal(model(ids).logits, ref)

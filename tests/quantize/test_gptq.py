@@ -71,7 +71,7 @@ def test_model_gptq_beats_rtn_layer_output_error(family):
     structured_embeddings_(model)
     ids = windows(16, 32)
     q = clone_model(model)
-    report = gptq_(q, ids, GPTQConfig(bits=4, group_size=32, progress=False))
+    report = gptq_(q, ids, GPTQConfig(bits=4, group_size=32))
     assert len(report["modules"]) == len(adapter_for(model).named_projections(model))
     ad = adapter_for(model)
     inputs = {}
@@ -102,13 +102,13 @@ def test_runtime_removal_is_active_during_builtin_gptq_calibration(monkeypatch):
     plant_massive_(model, 1, mlp_channel=5, hidden_channel=11, reserved=2, weight=40.0, const_channel=3)
     attach_runtime_(model, [MassiveRemoval(1, "y6", (5,), "mean")])
     seen = record_removals(monkeypatch)
-    gptq_(model, windows(4, 32, trigger_at=0), GPTQConfig(bits=4, group_size=32, progress=False))
+    gptq_(model, windows(4, 32, trigger_at=0), GPTQConfig(bits=4, group_size=32))
     assert seen, "the runtime hook never ran during GPTQ calibration"
     assert max(b for b, _ in seen) > 1000 and max(a for _, a in seen) < 100
 
 
 def test_config_errors_name_the_fix():
-    with pytest.raises(SmoothQuantError, match="bits must be 2, 3, 4 or 8"):
+    with pytest.raises(SmoothQuantError, match="bits.*2, 3, 4 or 8"):
         GPTQConfig(bits=5)
     with pytest.raises(SmoothQuantError, match="damp"):
         GPTQConfig(damp=0)
@@ -124,7 +124,7 @@ def test_attention_replay_changes_nothing(family, monkeypatch):
     model = tiny_model(family, init=0.05)
     ids = windows(8, 32)
     fast, slow = clone_model(model), clone_model(model)
-    gptq_(fast, ids, GPTQConfig(bits=4, group_size=32, progress=False))
+    gptq_(fast, ids, GPTQConfig(bits=4, group_size=32))
 
     class NoReplay:
         def __init__(self, module):
@@ -136,6 +136,6 @@ def test_attention_replay_changes_nothing(family, monkeypatch):
         def __exit__(self, *exc):
             pass
     monkeypatch.setattr(gq, "_Replay", NoReplay)
-    gptq_(slow, ids, GPTQConfig(bits=4, group_size=32, progress=False))
+    gptq_(slow, ids, GPTQConfig(bits=4, group_size=32))
     for (n, a), (_, b) in zip(fast.named_parameters(), slow.named_parameters()):
         assert torch.allclose(a, b, atol=1e-6), n

@@ -7,7 +7,6 @@ import torch
 from planting import plant_gamma_, plant_massive_, plant_otc_, quiet_post_norms_, structured_embeddings_, tiny_model, windows
 from smooth_then_quant import AnalysisConfig, ChannelRule, SmoothQuantError, analyze
 from smooth_then_quant.evaluate import model_fingerprint
-from smooth_then_quant.probe import ProbeConfig
 from smooth_then_quant.smooth import (FlattenGammaConfig, FlattenOTCConfig, MigrateConfig, RemoveMassiveConfig,
                                       Repair, SmoothingConfig, SmoothingPlan, plan_smoothing, runtime_ops, smooth_)
 
@@ -26,16 +25,16 @@ def busy_model(seed=0):
 def quiet(model, ids):
     # β = 10: the trigger token (one per window) zeroes the constant channel there, which alone gives
     # that channel a spread of ~8 and would hide the planted γ outlier and OTC from the β = 1/3 rule
-    return analyze(model, ids, AnalysisConfig(channel=ChannelRule(beta=10.0), probe=ProbeConfig(progress=False)))
+    return analyze(model, ids, AnalysisConfig(channel=ChannelRule(beta=10.0)))
 
 
 EVERYTHING = SmoothingConfig(remove_massive=RemoveMassiveConfig(True), flatten_gamma=FlattenGammaConfig(True),
-                             flatten_otc=FlattenOTCConfig(True), progress=False)
+                             flatten_otc=FlattenOTCConfig(True))
 
 
-@pytest.mark.parametrize("cfg", [SmoothingConfig(progress=False), EVERYTHING,
-                                 SmoothingConfig(migrate=MigrateConfig(norm="gamma"), progress=False),
-                                 SmoothingConfig(migrate=MigrateConfig(alpha=0.5), progress=False)],
+@pytest.mark.parametrize("cfg", [SmoothingConfig(), EVERYTHING,
+                                 SmoothingConfig(migrate=MigrateConfig(norm="gamma")),
+                                 SmoothingConfig(migrate=MigrateConfig(alpha=0.5))],
                          ids=["default", "everything", "gamma", "fixed-alpha"])
 def test_planning_leaves_the_model_unchanged(cfg):
     # regression: planning applied the plan temporarily and did not restore exact migrations
@@ -112,7 +111,48 @@ def test_cancelling_tma_is_linked_and_kept_with_the_family_it_cancels():
     assert links and links[0]["layer"] == 3 and links[0]["channel"] == 11 and links[0]["cancels"]["layer"] == 1
     assert abs(links[0]["after"]) < abs(links[0]["carried"])
     cfg = SmoothingConfig(remove_massive=RemoveMassiveConfig(True, layers=(1,)),
-                          migrate=MigrateConfig(norm="none", down=False), progress=False)
+                          migrate=MigrateConfig(norm="none", down=False))
     plan = plan_smoothing(model, an, cfg, ids)
     assert sorted(i.layer for i in plan.interventions) == [1, 3]
     assert any("cancels the family created at layer 1" in n for n in plan.notes)
+
+
+def test_gamma_migration_is_exact_and_removes_the_gamma_outlier():
+    """migrate.norm: gamma — the exact form of the paper's γ flattening: the planted γ outlier (layer 2, attn
+    norm, channel 3) is brought to the γ mean, the readers' columns absorb it, the logits do not move."""
+    model = busy_model()
+    ids = windows(8, 32, trigger_at=0)
+    before = quiet(model, ids)
+    site_point = before.result.adapter.attn_norm.output_point
+    assert 3 in before.gamma_outliers[site_point][2]["channels"]
+    ref = model(ids).logits
+    adapter = before.result.adapter
+    old = adapter.gamma(adapter.decoder_layers(model)[2], adapter.attn_norm).clone()
+    plan = plan_smoothing(model, before, SmoothingConfig(migrate=MigrateConfig(norm="gamma", down=False)), ids)
+    items = [i for i in plan.interventions if i.kind == "migrate_norm"]
+    assert items and all(i.alpha == 1.0 for i in items)
+    smooth_(model, plan)
+    assert torch.allclose(model(ids).logits, ref, atol=1e-4)  # exact
+    gamma = adapter.gamma(adapter.decoder_layers(model)[2], adapter.attn_norm)
+    assert float(old[3]) > 10 * float(old.mean())
+    assert float(gamma[3]) == pytest.approx(float(old.mean()), rel=1e-4)  # s_3 = γ_3 / mean(γ): set to the mean
+    others = torch.arange(gamma.numel()) != 3
+    assert torch.equal(gamma[others], old[others])  # only the outlier channel moves
+    assert 2 not in quiet(model, ids).gamma_outliers[site_point]  # and no longer a γ outlier
+
+
+def test_remove_massive_on_all_channels_removes_what_calibration_never_saw():
+    """remove_massive.channels: all — the hook acts on any channel, not only the detected ones."""
+    model = busy_model()
+    ids = windows(8, 32, trigger_at=0)
+    an = quiet(model, ids)
+    off = MigrateConfig(norm="none", down=False)
+    detected = plan_smoothing(model, an, SmoothingConfig(remove_massive=RemoveMassiveConfig(True), migrate=off), ids)
+    every = plan_smoothing(model, an, SmoothingConfig(remove_massive=RemoveMassiveConfig(True, channels="all"),
+                                                      migrate=off), ids)
+    assert [i.channels for i in detected.interventions] == [[5]]
+    assert [i.channels for i in every.interventions] == [None]
+    y = torch.zeros(1, 4, 8)
+    y[0, 1, 2] = 5000.0  # a massive value in channel 2, which calibration did not see
+    assert detected.runtime()[0](y)[0, 1, 2] == 5000.0
+    assert every.runtime()[0](y)[0, 1, 2] == pytest.approx(float(y.mean()))

@@ -1,13 +1,12 @@
 """LoRA repair (peft): lowers the KL to the unmodified model and merges cleanly."""
 import pytest
-import torch
 
 from planting import tiny_model, windows
 from smooth_then_quant import SmoothQuantError
 from smooth_then_quant.smooth import (FlattenRows, RemoveMassive, RepairConfig, SmoothingPlan, clone_model, kl_to,
                                       repair_, runtime_ops, smooth_)
 
-FAST = RepairConfig(steps=150, lr=3e-3, rank=16, batch_size=4, seq_len=32, progress=False)
+FAST = RepairConfig(steps=150, lr=3e-3, rank=16, batch_size=4, seq_len=32)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -36,7 +35,7 @@ def test_repair_keeps_runtime_hooks_working():
     plan = SmoothingPlan("llama", [RemoveMassive(1, "y6", None, "zero", abs_threshold=0.0, ratio=0.0)])  # zero all y6
     smooth_(model, plan)
     repair_(model, teacher, ids, plan, RepairConfig(roles=("mlp_out",), layers="affected", steps=3, seq_len=16,
-                                                    heldout=2, progress=False))
+                                                    heldout=2))
     assert len(runtime_ops(model)) == 1
     seen = {}
     model.model.layers[1].mlp.down_proj.register_forward_hook(lambda m, a, o: seen.__setitem__("y7", o))
@@ -62,5 +61,5 @@ def test_peft_import_trouble_is_a_clear_error_and_keeps_the_hooks(monkeypatch):
     plan = SmoothingPlan("llama", [RemoveMassive(1, "y6", None, "zero")])
     smooth_(model, plan)
     with pytest.raises(SmoothQuantError, match="peft could not wrap the model.*optimum"):
-        repair_(model, clone_model(model), windows(8, 16), plan, RepairConfig(steps=1, heldout=2, progress=False))
+        repair_(model, clone_model(model), windows(8, 16), plan, RepairConfig(steps=1, heldout=2))
     assert len(runtime_ops(model)) == 1

@@ -8,7 +8,6 @@ from planting import FAMILIES, plant_massive_, quiet_post_norms_, structured_emb
 from smooth_then_quant import AnalysisConfig, analyze
 from smooth_then_quant.export import export_smoothed
 from smooth_then_quant.load import load_model
-from smooth_then_quant.probe import ProbeConfig
 from smooth_then_quant.smooth import (MassiveRemoval, MigrateConfig, RemoveMassiveConfig, SmoothingConfig, clone_model,
                                       plan_smoothing, remove_massive, runtime_ops, smooth_)
 
@@ -25,7 +24,7 @@ def planted(family):
 
 
 def quiet_analyze(model, ids):
-    return analyze(model, ids, AnalysisConfig(probe=ProbeConfig(progress=False)))
+    return analyze(model, ids, AnalysisConfig())
 
 
 def test_remove_massive_hand_case():
@@ -52,7 +51,7 @@ def test_tma_removal_at_down_input_removes_the_downstream_fmas(family):
     point = before.result.adapter.massive_point
     assert any(a.kind == "FMA" for a in before.massive), Counter((a.layer, a.point, a.kind) for a in before.massive)
     plan = plan_smoothing(model, before, SmoothingConfig(remove_massive=RemoveMassiveConfig(True, "mean"),
-                                                         migrate=NO_MIGRATION, progress=False), ids)
+                                                         migrate=NO_MIGRATION), ids)
     assert [(i.layer, i.point, i.channels) for i in plan.interventions] == [(1, point, [5])]
     smooth_(model, plan)
     after = quiet_analyze(model, ids)
@@ -74,8 +73,8 @@ def test_removal_at_down_output_is_the_papers_contrast():
     model = planted("llama")
     ids = windows(8, 32, trigger_at=0)
     an = quiet_analyze(model, ids)
-    plan = plan_smoothing(model, an, SmoothingConfig(remove_massive=RemoveMassiveConfig(True, "zero", "mlp_out_point"),
-                                                     migrate=NO_MIGRATION, progress=False), ids)
+    plan = plan_smoothing(model, an, SmoothingConfig(remove_massive=RemoveMassiveConfig(True, "zero", "down_output"),
+                                                     migrate=NO_MIGRATION), ids)
     assert {i.point for i in plan.interventions} == {"y7"}
     smooth_(model, plan)
     after = quiet_analyze(model, ids)
@@ -89,8 +88,7 @@ def test_runtime_intervention_survives_export_and_reload(family, tmp_path):
     model = planted(family)
     ids = windows(4, 32, trigger_at=0)
     an = quiet_analyze(model, ids)
-    plan = plan_smoothing(model, an, SmoothingConfig(remove_massive=RemoveMassiveConfig(True), migrate=NO_MIGRATION,
-                                                     progress=False), ids)
+    plan = plan_smoothing(model, an, SmoothingConfig(remove_massive=RemoveMassiveConfig(True), migrate=NO_MIGRATION), ids)
     original = model(ids).logits.detach()
     smooth_(model, plan)
     expected = model(ids).logits.detach()
@@ -116,7 +114,7 @@ def test_runtime_hook_runs_before_hooks_registered_earlier():
     assert seen["max"] > 1000
     smooth_(model, plan_smoothing(model, quiet_analyze(model, ids),
                                   SmoothingConfig(remove_massive=RemoveMassiveConfig(True, "zero"),
-                                                  migrate=NO_MIGRATION, progress=False), ids))
+                                                  migrate=NO_MIGRATION), ids))
     model(ids)
     assert seen["max"] < 100
 
@@ -127,7 +125,7 @@ def test_runtime_hook_follows_a_module_swap():
     ids = windows(2, 16, trigger_at=0)
     smooth_(model, plan_smoothing(model, quiet_analyze(model, ids),
                                   SmoothingConfig(remove_massive=RemoveMassiveConfig(True, "zero"),
-                                                  migrate=NO_MIGRATION, progress=False), ids))
+                                                  migrate=NO_MIGRATION), ids))
     mlp = model.model.layers[1].mlp
     swapped = torch.nn.Linear(mlp.down_proj.in_features, mlp.down_proj.out_features, bias=False)
     swapped.weight.data.copy_(mlp.down_proj.weight.data)

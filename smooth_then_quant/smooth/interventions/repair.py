@@ -14,35 +14,61 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..arch import adapter_for, take_part
-from ..errors import SmoothQuantError
-from .plan import FlattenRows, Repair, SmoothingPlan
+from ...arch import adapter_for, take_part
+from ...errors import SmoothQuantError
+from ...progress import bar
+from ...schema import Config
+from ..plan import PlanItem, SmoothingPlan
+from ..registry import Intervention, register_intervention
+from .flatten import FlattenRows
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RepairConfig:
-    roles: tuple[str, ...] = ("qkv",)  # qkv | o | mlp_in | mlp_out
-    layers: str = "affected"  # affected (layers the plan touches) | all
-    rank: int = 8
-    lora_alpha: int = 16
-    steps: int = 60
-    lr: float = 1e-3
-    batch_size: int = 2
-    seq_len: int = 256  # training crops of the calibration windows
-    penalty: float = 1.0  # λ of the outlier term
-    m: float = 4.0  # the channel-outlier criterion the penalty keeps away from
-    heldout: int = 4  # calibration windows kept out of training to measure KL
+class RepairConfig(Config):
+    """LoRA (peft) distillation against the unmodified model, merged into the weights."""
+    enabled: bool = False
+    roles: tuple[Literal["qkv", "o", "mlp_in", "mlp_out"], ...] = ("qkv",)
+    layers: Literal["affected", "all"] = "affected"  # affected: the layers the plan touches
+    rank: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    steps: int = Field(60, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(2, ge=1)
+    seq_len: int = Field(256, ge=2)  # training crops of the calibration windows
+    penalty: float = Field(1.0, ge=0)  # λ of the outlier term
+    m: float = Field(4.0, gt=0)  # the channel-outlier criterion the penalty keeps away from
+    heldout: int = Field(4, ge=1)  # calibration windows kept out of training to measure KL
     seed: int = 0
-    progress: bool = True
+
+
+@dataclass
+class Repair(PlanItem):
+    """§4.4: LoRA adapters distilled against the unmodified model, merged into the weights.
+    Not replayable from the plan (it is training); the weights of an export carry it."""
+    kind: ClassVar[str] = "repair"
+    exact: ClassVar[bool] = False
+    foldable: ClassVar[bool] = True
+    modules: list[str]
+    config: dict
+    result: dict
+    reason: str = ""
+
+    def apply_(self, layer, adapter) -> None:
+        raise SmoothQuantError("this plan contains a LoRA repair, which is training and cannot be replayed from the "
+                               "plan; load the exported checkpoint (its weights hold the merged repair) or drop the "
+                               "entry.")
+
+    def touched(self, adapter, layer):
+        raise SmoothQuantError("a LoRA repair cannot be planned on: it is applied after the plan")
 
 
 def target_modules(model: nn.Module, plan: SmoothingPlan, cfg: RepairConfig) -> list[str]:
@@ -112,7 +138,7 @@ def repair_(model: nn.Module, teacher: nn.Module, input_ids: torch.Tensor, plan:
     losses = []
     inner.train()
     try:
-        for _ in tqdm(range(cfg.steps), desc="repair: LoRA distillation", unit="step", disable=not cfg.progress):
+        for _ in bar(range(cfg.steps), desc="repair: LoRA distillation", unit="step"):
             rows = torch.randint(0, train_ids.shape[0], (cfg.batch_size,), generator=g)
             T = min(cfg.seq_len, train_ids.shape[1])
             start = int(torch.randint(0, train_ids.shape[1] - T + 1, (1,), generator=g))
@@ -141,7 +167,7 @@ def repair_(model: nn.Module, teacher: nn.Module, input_ids: torch.Tensor, plan:
               "heldout_windows": cfg.heldout}
     log.info("repair: KL to the unmodified model %.4g -> %.4g on %d held-out windows", kl_before, kl_after,
              cfg.heldout)
-    entry = Repair(targets, {k: v for k, v in asdict(cfg).items() if k != "progress"}, result,
+    entry = Repair(targets, cfg.model_dump(mode="json", exclude={"enabled"}), result,
                    reason=f"LoRA on {len(targets)} modules, distilled against the unmodified model")
     plan.interventions.append(entry)
     if not math.isfinite(kl_after):
@@ -175,3 +201,11 @@ def _penalty_hooks(model: nn.Module, plan: SmoothingPlan, cfg: RepairConfig) -> 
             pen.terms.append(_outlier_penalty(take_part(out, part), rows, cfg.m))
         pen.handles.append(layers[i.layer].get_submodule(tap.module).register_forward_hook(hook))
     return pen
+
+
+def _describe(cfg: RepairConfig) -> list[str]:
+    return [f"LoRA repair of {'/'.join(cfg.roles)} ({cfg.steps} steps)"]
+
+
+REPAIR = register_intervention(Intervention(
+    name="repair", config=RepairConfig, items=(Repair,), plan=None, describe=_describe, order=90, train=repair_))

@@ -1,5 +1,6 @@
-"""The GPTQ checkpoint format (v1, `quant_method: gptq`): what transformers (through GPTQModel),
-GPTQModel itself and vLLM load.
+"""The GPTQ v1 tensor layout (`quant_method: gptq`): what transformers (through GPTQModel),
+GPTQModel itself and vLLM load. The codec lives with quantization because the GPTQModel backend
+reads its own checkpoints back; the export format (export/formats/gptq.py) writes through it.
 
 Per quantized projection, with per = 32 // bits codes in one int32 word:
     qweight [in / per, out]   int32  codes, input rows i*per .. i*per+per-1 packed low bits first
@@ -15,9 +16,12 @@ the integer codes. The tests load our files with transformers/GPTQModel and comp
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from ..arch import adapter_for
 from ..errors import SmoothQuantError
-from ..quantize.grid import QuantGrid
+from .fake import weight_view
+from .grid import GRID_ATTR, QuantGrid, natural_g_idx
 
 PACKABLE_BITS = (2, 4, 8)  # 3-bit codes straddle int32 words (a different layout); not written here
 
@@ -77,3 +81,32 @@ def from_gptq_tensors(t: dict[str, torch.Tensor], bits: int, group_size: int, sy
     grid = QuantGrid(bits, group_size, symmetric, t["scales"].float().t().contiguous(), zero.contiguous(),
                      t["g_idx"].to(torch.int32))
     return grid.dequantize(codes), grid
+
+
+def gptq_settings(qc: dict, source: str) -> tuple[int, int, bool]:
+    """(bits, group_size, sym) of a GPTQ `quantization_config` that is unpacked here."""
+    fmt = qc.get("checkpoint_format") or qc.get("format") or "gptq"
+    if fmt != "gptq" or qc.get("bits") not in PACKABLE_BITS or not qc.get("sym", True):
+        raise SmoothQuantError(f"{source}: GPTQ checkpoint with format {fmt}, bits {qc.get('bits')}, sym "
+                               f"{qc.get('sym')}: only symmetric v1 (format gptq) with 2, 4 or 8 bits is unpacked "
+                               "here; load it with transformers directly.")
+    return int(qc["bits"]), int(qc["group_size"]), True
+
+
+@torch.no_grad()
+def load_gptq_projections_(model: nn.Module, tensors: dict[str, torch.Tensor], bits: int, group_size: int,
+                           sym: bool, source: str = "checkpoint") -> None:
+    """Every projection of `model` from its GPTQ tensors (popped from `tensors`): dequantized
+    float weights, float16-exact biases, and the grid."""
+    for name, m in adapter_for(model).named_projections(model):
+        parts = {k: tensors.pop(f"{name}.{k}") for k in ("qweight", "qzeros", "scales", "g_idx", "bias")
+                 if f"{name}.{k}" in tensors}
+        if "qweight" not in parts:
+            raise SmoothQuantError(f"{source}: projection {name} has no qweight; not a GPTQ checkpoint of this model.")
+        if "g_idx" not in parts:  # older checkpoints without act order omit it
+            parts["g_idx"] = natural_g_idx(weight_view(m).shape[1], group_size)
+        w, grid = from_gptq_tensors(parts, bits, group_size, sym)
+        weight_view(m).copy_(w.to(m.weight.dtype))
+        if "bias" in parts:
+            m.bias.copy_(parts["bias"].to(m.bias.dtype))
+        setattr(m, GRID_ATTR, grid)

@@ -10,25 +10,35 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..arch import runtime_signature
 from ..errors import SmoothQuantError
-from ..load.data import load_text
+from ..load import data_source, load_text
+from ..progress import bar
+from ..schema import Config
 
 C4_WINDOWS = 256
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    seq_len: int = 2048
-    max_windows: int | None = None  # None: every window (c4: 256)
-    batch_size: int = 1
-    progress: bool = True
+class EvalConfig(Config):
+    """`evaluation:` — perplexity windows, and the evidence the smoothing report measures."""
+    datasets: list[str] = ["offline"]  # offline | wikitext2 | c4 | path to .txt/.jsonl
+    seq_len: int = Field(2048, ge=2)
+    max_windows: int | None = Field(None, ge=1)  # None: every window (c4: 256)
+    batch_size: int = Field(1, ge=1)
+    per_intervention: bool = True  # smoothing evidence for each intervention alone, not only combined
+    evidence_samples: int = Field(8, ge=1)  # calibration windows probed before/after smoothing
+
+    @field_validator("datasets")
+    @classmethod
+    def _sources(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("list at least one dataset (offline, wikitext2, c4 or a .txt/.jsonl file)")
+        return [data_source(d) for d in v]
 
 
 def evaluation_windows(tokenizer, source: str, seq_len: int, max_windows: int | None = None
@@ -65,7 +75,7 @@ def window_nll(model: nn.Module, ids: torch.Tensor, batch_size: int = 1, progres
     """Mean next-token NLL of each window: ids [N, T] -> [N] float64."""
     device = next(model.parameters()).device
     out = []
-    for s in tqdm(range(0, ids.shape[0], batch_size), desc=desc, unit="batch", disable=not progress):
+    for s in bar(range(0, ids.shape[0], batch_size), desc=desc, unit="batch", show=progress):
         batch = ids[s: s + batch_size].to(device)
         logits = model(input_ids=batch, use_cache=False).logits  # [B, T, V]
         for b in range(batch.shape[0]):  # one row at a time keeps the log-softmax copy small
@@ -109,13 +119,11 @@ class PerplexityCache:
 
     def perplexity(self, model: nn.Module, tokenizer, source: str, cfg: EvalConfig, state: str = "",
                    desc: str | None = None) -> float:
-        from ..smooth.runtime import runtime_signature
-
         ids, _ = self.windows(tokenizer, source, cfg)
         key = (model_fingerprint(model, runtime_signature(model) + state), source, cfg.seq_len, cfg.max_windows)
         if key in self._results:
             self.hits += 1
             return self._results[key]
-        ppl = perplexity(model, ids, cfg.batch_size, cfg.progress, desc or f"perplexity on {source}")
+        ppl = perplexity(model, ids, cfg.batch_size, True, desc or f"perplexity on {source}")
         self._results[key] = ppl
         return ppl

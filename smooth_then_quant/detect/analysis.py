@@ -5,22 +5,26 @@
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from .arch import adapter_for
-from .detect import (ChannelRule, MassiveActivation, MassiveRule, cancellations, channel_outliers, find_massive, gamma_outliers,
-                     massive_families, outlier_triggering_channels, summarize_massive)
-from .probe import ProbeConfig, ProbeResult, probe
+from ..arch import adapter_for
+from ..probe import MassiveRule, ProbeConfig, ProbeResult, probe_model
+from ..schema import Config
+from .channels import ChannelRule, channel_outliers, gamma_outliers
+from .massive import MassiveActivation, cancellations, find_massive, massive_families, summarize_massive
+from .otc import outlier_triggering_channels
 
 
-@dataclass(frozen=True)
-class AnalysisConfig:
-    massive: MassiveRule = field(default_factory=MassiveRule)
-    channel: ChannelRule = field(default_factory=ChannelRule)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
+class AnalysisConfig(Config):
+    """`analysis:` — the paper's rules, how many top values to keep, and whether to draw plots."""
+    massive: MassiveRule = MassiveRule()
+    channel: ChannelRule = ChannelRule()
+    top_k: int = Field(10, ge=3)
+    plots: bool = True
 
 
 @dataclass
@@ -59,7 +63,7 @@ class Analysis:
             "architecture": r.adapter.family,
             "num_layers": r.num_layers,
             "points": list(r.adapter.point_names),
-            "rules": {"massive": asdict(self.config.massive), "channel": asdict(self.config.channel)},
+            "rules": {"massive": self.config.massive.model_dump(), "channel": self.config.channel.model_dump()},
             "massive_activations": summarize_massive(self.massive),
             "massive_families": massive_families(self.massive),
             "cancellations": self.cancellations(),
@@ -75,7 +79,7 @@ class Analysis:
         }
 
 
-def detect(result: ProbeResult, model: nn.Module, config: AnalysisConfig = AnalysisConfig()) -> Analysis:
+def detect_outliers(result: ProbeResult, model: nn.Module, config: AnalysisConfig = AnalysisConfig()) -> Analysis:
     """Run every detector over finished probe statistics (no forward pass)."""
     adapter = result.adapter
     layers = adapter.decoder_layers(model)
@@ -107,10 +111,9 @@ def detect(result: ProbeResult, model: nn.Module, config: AnalysisConfig = Analy
     return Analysis(result, config, find_massive(result, config.massive), cos, gammas, otc)
 
 
-def analyze(model: nn.Module, input_ids: torch.Tensor, config: AnalysisConfig = AnalysisConfig()) -> Analysis:
+def analyze(model: nn.Module, input_ids: torch.Tensor, config: AnalysisConfig = AnalysisConfig(), batch_size: int = 4
+            ) -> Analysis:
     """Probe `model` on input_ids: [samples, seq_len] and detect MAs, channel outliers, γ outliers, OTCs."""
     adapter_for(model)  # fail before the pass on an unsupported architecture
-    pc = config.probe
-    floor = ProbeConfig(pc.batch_size, pc.top_k, min(pc.massive_abs, config.massive.abs_threshold),
-                        min(pc.massive_ratio, config.massive.ratio), pc.max_records, pc.progress)
-    return detect(probe(model, input_ids, floor), model, config)
+    probe = ProbeConfig(batch_size=batch_size, top_k=config.top_k, massive=config.massive)
+    return detect_outliers(probe_model(model, input_ids, probe), model, config)

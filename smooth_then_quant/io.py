@@ -7,9 +7,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
-from ..errors import SmoothQuantError
+from .errors import SmoothQuantError
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:

@@ -2,25 +2,33 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from pydantic import Field
 
 from ..arch import ArchAdapter, adapter_for, take_part
+from ..progress import bar
+from ..schema import Config
 from .stats import PointAccumulator, PointStats, release_workspace, trim_heap
 
 
-@dataclass(frozen=True)
-class ProbeConfig:
-    batch_size: int = 4
-    top_k: int = 10
-    massive_abs: float = 100.0  # floor of the massive-activation rule recorded by the probe
-    massive_ratio: float = 1000.0
-    max_records: int = 20000  # massive-activation elements kept per point (all are counted)
-    progress: bool = True
+class MassiveRule(Config):
+    """The paper's massive-activation rule: |a| > abs_threshold and > ratio × median |a| of its tensor."""
+    abs_threshold: float = Field(100.0, gt=0)
+    ratio: float = Field(1000.0, gt=0)
+
+    def holds(self, value: float, median: float) -> bool:
+        return abs(value) > self.abs_threshold and abs(value) > self.ratio * median
+
+
+class ProbeConfig(Config):
+    batch_size: int = Field(4, ge=1)  # calibration windows per forward
+    top_k: int = Field(10, ge=1)  # largest |a| kept per point
+    massive: MassiveRule = MassiveRule()  # the loosest rule recorded (detect applies its own, stricter or equal)
+    max_records: int = Field(20000, ge=1)  # massive-activation elements kept per point (all are counted)
 
 
 @dataclass
@@ -77,7 +85,7 @@ def hooks_at_points(model: nn.Module, adapter: ArchAdapter, fn) -> Iterator[None
 
 
 @torch.inference_mode()
-def probe(model: nn.Module, input_ids: torch.Tensor, config: ProbeConfig = ProbeConfig()) -> ProbeResult:
+def probe_model(model: nn.Module, input_ids: torch.Tensor, config: ProbeConfig = ProbeConfig()) -> ProbeResult:
     """Run the calibration windows input_ids: [samples, seq_len] through the model, gathering
     streaming statistics at every (layer, point). Memory stays bounded in the number of samples."""
     adapter = adapter_for(model)
@@ -92,12 +100,12 @@ def probe(model: nn.Module, input_ids: torch.Tensor, config: ProbeConfig = Probe
         a = acc.get((li, point))
         if a is None:
             a = acc[(li, point)] = PointAccumulator(
-                x.shape[1], config.top_k, config.massive_abs, config.massive_ratio, config.max_records)
+                x.shape[1], config.top_k, config.massive.abs_threshold, config.massive.ratio, config.max_records)
         a.update(x, batch.seq_len, batch.sample_offset, batch.token_ids, tuple(t.shape))
 
     with hooks_at_points(model, adapter, record):
         starts = range(0, samples, config.batch_size)
-        for s in tqdm(starts, desc="probe: calibration pass", unit="batch", disable=not config.progress):
+        for s in bar(starts, desc="probe: calibration pass", unit="batch"):
             ids = input_ids[s: s + config.batch_size]
             batch.sample_offset, batch.seq_len, batch.token_ids = s, seq_len, ids
             model.base_model(input_ids=ids.to(device), use_cache=False)
