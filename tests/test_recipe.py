@@ -11,13 +11,22 @@ RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_shipped_recipe_validates_and_dry_runs(path, capsys):
+    import torch
+    import yaml
+
     from smooth_then_quant.cli import main
 
-    assert isinstance(load_recipe(path), Recipe)
     assert path.read_text().startswith("#") and f"smooth-quant recipes/{path.name}" in path.read_text()  # documented
-    assert main([str(path), "--dry-run"]) == 0
+    device = yaml.safe_load(path.read_text()).get("load", {}).get("device", "cpu")
+    here = []
+    if device.startswith("cuda") and not torch.cuda.is_available():  # the GPU recipe on this CPU machine:
+        assert main([str(path), "--dry-run"]) == 2                   # refused at validation, saying why
+        assert "CUDA is not available" in capsys.readouterr().err
+        here = ["load.device=cpu"]                                    # and valid once pointed at the CPU
+    assert isinstance(load_recipe(path, here), Recipe)
+    assert main([str(path), "--dry-run", *[a for kv in here for a in ("--set", kv)]]) == 0
     out = capsys.readouterr().out
-    recipe = load_recipe(path)
+    recipe = load_recipe(path, here)
     assert "# stages" in out and "report   " in out
     for stage in stages(recipe):  # every stage the run would walk is printed, in order
         for line in stage.describe(recipe):
@@ -28,7 +37,7 @@ def test_the_documented_recipe_set_ships():
     names = {p.name for p in RECIPES}
     assert {"quickstart.yaml", "analyze.yaml", "w4a8.yaml", "w8a8.yaml", "w4a16.yaml",
             "paper-llama3.2-3b.yaml"} <= names
-    paper = load_recipe(Path(RECIPES[0]).parent / "paper-llama3.2-3b.yaml")
+    paper = load_recipe(Path(RECIPES[0]).parent / "paper-llama3.2-3b.yaml", ["load.device=cpu"])
     assert paper.evaluation.datasets == ["wikitext2", "c4"] and paper.evaluation.seq_len == 2048
 
 
@@ -83,3 +92,22 @@ def test_unquoted_off_means_act_order_off(tmp_path):
     with pytest.raises(SmoothQuantError, match="act_order.*'off', 'desc' or 'group_aware'"):
         load_recipe(p, ["quantization.schemes.W4A16.weights.act_order=on"])
 
+
+
+@pytest.mark.parametrize("device,why", [
+    ("zzz", "not a device"), ("meta", "meta cannot run the model"),
+    ("cuda:{n}", "CUDA"),  # one past the last GPU, or any CUDA device on a machine without one
+])
+def test_a_device_this_machine_lacks_is_refused_at_validation(tmp_path, device, why, capsys):
+    import torch
+
+    from smooth_then_quant.cli import main
+
+    device = device.format(n=torch.cuda.device_count())
+    with pytest.raises(SmoothQuantError, match=f"'load.device'.*{why}"):
+        load_recipe(write(tmp_path, "output_dir: o\n"), [f"load.device={device}"])
+    assert main([str(write(tmp_path, "output_dir: o\n")), "--dry-run", "--set", f"load.device={device}"]) == 2
+    assert why.split()[0] in capsys.readouterr().err
+    from smooth_then_quant.load import load_model
+    with pytest.raises(SmoothQuantError, match=f"device '{device}'"):
+        load_model("default", device=device)

@@ -4,7 +4,8 @@ from .channels import ChannelRule, channel_outliers, gamma_outliers, outlier_mas
 from .massive import (MassiveActivation, MassiveRule, cancellations, find_massive, massive_families,
                       summarize_massive)
 from .otc import outlier_triggering_channels
+from .streamed import analyze_checkpoint
 
-__all__ = ["Analysis", "AnalysisConfig", "ChannelRule", "MassiveActivation", "MassiveRule", "analyze", "cancellations",
+__all__ = ["Analysis", "AnalysisConfig", "ChannelRule", "MassiveActivation", "MassiveRule", "analyze", "analyze_checkpoint", "cancellations",
            "channel_outliers", "detect_outliers", "find_massive", "gamma_outliers", "massive_families",
            "outlier_mask", "outlier_triggering_channels", "summarize_massive"]

@@ -79,36 +79,48 @@ class Analysis:
         }
 
 
-def detect_outliers(result: ProbeResult, model: nn.Module, config: AnalysisConfig = AnalysisConfig()) -> Analysis:
-    """Run every detector over finished probe statistics (no forward pass)."""
+def layer_weight_outliers(li: int, layer: nn.Module, result: ProbeResult, rule: ChannelRule
+                          ) -> tuple[dict[str, dict], dict[str, list[int]]]:
+    """The detectors that read a layer's weights, for decoder layer `li` (resident now): its γ outliers
+    ({norm output point: entry}) and OTC rows ({x3/x4/x5: rows})."""
     adapter = result.adapter
-    layers = adapter.decoder_layers(model)
-    rule = config.channel
+    gammas = {}
+    for site in adapter.norm_sites():
+        g = adapter.gamma(layer, site)
+        found = gamma_outliers(result.at(li, site.output_point), g, adapter.beta(layer, site), rule)
+        if found:
+            gammas[site.output_point] = {"norm": site.norm, "channels": found,
+                                         "gamma": [round(float(g[c]), 5) for c in found],
+                                         "gamma_mean": round(float(g.mean()), 5)}
+    src = adapter.attn_norm.output_point
+    otc = {}
+    for p, proj in adapter.qkv.items():
+        rows = outlier_triggering_channels(result.at(li, src), result.at(li, p), adapter.weight(layer, proj),
+                                           adapter.bias(layer, proj), rule)
+        if rows:
+            otc[p] = rows
+    return gammas, otc
+
+
+def assemble(result: ProbeResult, config: AnalysisConfig, per_layer: list[tuple[dict, dict]]) -> Analysis:
+    """Every detector's findings, from the probe statistics and each layer's weight detections."""
+    adapter = result.adapter
     cos = {p: {} for p in adapter.point_names}
     for li, p in result.points():
-        found = channel_outliers(result.at(li, p), rule)
+        found = channel_outliers(result.at(li, p), config.channel)
         if found:
             cos[p][li] = found
-    gammas: dict[str, dict[int, dict]] = {}
-    for site in adapter.norm_sites():
-        gammas[site.output_point] = {}
-        for li, layer in enumerate(layers):
-            g = adapter.gamma(layer, site)
-            found = gamma_outliers(result.at(li, site.output_point), g, adapter.beta(layer, site), rule)
-            if found:
-                gammas[site.output_point][li] = {
-                    "norm": site.norm, "channels": found,
-                    "gamma": [round(float(g[c]), 5) for c in found], "gamma_mean": round(float(g.mean()), 5),
-                }
-    otc = {p: {} for p in adapter.qkv}
-    src = adapter.attn_norm.output_point
-    for li, layer in enumerate(layers):
-        for p, proj in adapter.qkv.items():
-            rows = outlier_triggering_channels(result.at(li, src), result.at(li, p), adapter.weight(layer, proj),
-                                               adapter.bias(layer, proj), rule)
-            if rows:
-                otc[p][li] = rows
+    gammas = {site.output_point: {li: g[site.output_point] for li, (g, _) in enumerate(per_layer)
+                                  if site.output_point in g} for site in adapter.norm_sites()}
+    otc = {p: {li: o[p] for li, (_, o) in enumerate(per_layer) if p in o} for p in adapter.qkv}
     return Analysis(result, config, find_massive(result, config.massive), cos, gammas, otc)
+
+
+def detect_outliers(result: ProbeResult, model: nn.Module, config: AnalysisConfig = AnalysisConfig()) -> Analysis:
+    """Run every detector over finished probe statistics (no forward pass)."""
+    layers = result.adapter.decoder_layers(model)
+    return assemble(result, config, [layer_weight_outliers(li, layer, result, config.channel)
+                                     for li, layer in enumerate(layers)])
 
 
 def analyze(model: nn.Module, input_ids: torch.Tensor, config: AnalysisConfig = AnalysisConfig(), batch_size: int = 4

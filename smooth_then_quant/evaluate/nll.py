@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from ..arch import runtime_signature
+from ..arch import model_device, runtime_signature
 from ..errors import SmoothQuantError
 from ..load import data_source, load_text
 from ..progress import bar
@@ -73,7 +73,7 @@ def evaluation_windows(tokenizer, source: str, seq_len: int, max_windows: int | 
 def window_nll(model: nn.Module, ids: torch.Tensor, batch_size: int = 1, progress: bool = True,
                desc: str = "perplexity") -> torch.Tensor:
     """Mean next-token NLL of each window: ids [N, T] -> [N] float64."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = []
     for s in bar(range(0, ids.shape[0], batch_size), desc=desc, unit="batch", show=progress):
         batch = ids[s: s + batch_size].to(device)

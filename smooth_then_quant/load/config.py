@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import Field, field_validator
 
 from ..errors import SmoothQuantError
@@ -20,11 +21,34 @@ def data_source(v: str) -> str:
     return v
 
 
+def check_device(v: str) -> str:
+    """A device this machine has: cpu, cuda / cuda:N (with CUDA), mps (with Metal). Raises ValueError."""
+    try:
+        d = torch.device(v)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError("not a device; use cpu, cuda, cuda:N or mps") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"CUDA is not available here (torch {torch.__version__}, no GPU or a CPU build); "
+                             "use device cpu, or a CUDA build of torch on a machine with a GPU")
+        n = torch.cuda.device_count()
+        if d.index is not None and d.index >= n:
+            raise ValueError(f"this machine has {n} CUDA device{'s' if n != 1 else ''} (cuda:0..cuda:{n - 1})")
+    elif d.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError("mps (Apple Metal) is not available here; use device cpu")
+    elif d.type != "cpu":
+        raise ValueError(f"{d.type} cannot run the model here; use cpu, cuda, cuda:N or mps")
+    return v
+
+
 class LoadConfig(Config):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda | cuda:N | mps: where the model (or its working layer) computes
     trust_remote_code: bool = False
     revision: str | None = None
+
+    _device = field_validator("device")(classmethod(lambda cls, v: check_device(v)))
 
 
 class CalibrationConfig(Config):

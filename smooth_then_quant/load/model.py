@@ -13,6 +13,7 @@ from safetensors import safe_open
 
 from ..arch import adapter_for
 from ..errors import SmoothQuantError
+from .config import check_device
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,10 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
 
     if dtype not in DTYPES:
         raise SmoothQuantError(f"dtype '{dtype}' is not supported; use one of {', '.join(DTYPES)}.")
+    try:
+        check_device(device)
+    except ValueError as e:
+        raise SmoothQuantError(f"device '{device}': {e}.") from None
     kind, kw = resolve_source(name)
     common = dict(trust_remote_code=trust_remote_code, **({"revision": revision} if revision else {}))
     try:

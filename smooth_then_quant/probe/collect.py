@@ -84,37 +84,55 @@ def hooks_at_points(model: nn.Module, adapter: ArchAdapter, fn) -> Iterator[None
             h.remove()
 
 
+class Recorder:
+    """The hook callback of a probe pass: one PointAccumulator per (layer, point), fed batch by batch.
+    `batch` says which windows are running (the massive-activation records name sample and token)."""
+
+    def __init__(self, config: ProbeConfig):
+        self.config, self.batch = config, _Batch()
+        self.acc: dict[tuple[int, str], PointAccumulator] = {}
+        self.stats: dict[tuple[int, str], PointStats] = {}
+
+    def __call__(self, li: int, point: str, t: torch.Tensor) -> None:
+        c = self.config
+        x = t.detach().reshape(-1, t.shape[-1]).float().cpu()  # [B*T, C]
+        a = self.acc.get((li, point))
+        if a is None:
+            a = self.acc[(li, point)] = PointAccumulator(
+                x.shape[1], c.top_k, c.massive.abs_threshold, c.massive.ratio, c.max_records)
+        b = self.batch
+        a.update(x, b.seq_len, b.sample_offset, b.token_ids, tuple(t.shape))
+
+    def running(self, sample_offset: int, ids: torch.Tensor) -> None:
+        self.batch.sample_offset, self.batch.seq_len, self.batch.token_ids = sample_offset, ids.shape[1], ids
+
+    def finalize(self, layer: int | None = None) -> None:
+        """Turn the accumulators (of one layer, or all) into PointStats and free them."""
+        for key in [k for k in self.acc if layer is None or k[0] == layer]:
+            self.stats[key] = self.acc.pop(key).finalize()
+
+    def result(self, adapter: ArchAdapter, num_layers: int, input_ids: torch.Tensor) -> ProbeResult:
+        self.finalize()
+        missing = [(li, p) for li in range(num_layers) for p in adapter.point_names if (li, p) not in self.stats]
+        if missing:
+            raise RuntimeError(f"hooks never fired at {missing[:5]}... (adapter {adapter.family} does not "
+                               f"match this model's modules)")
+        return ProbeResult(adapter, num_layers, *input_ids.shape, self.stats, self.config)
+
+
 @torch.inference_mode()
 def probe_model(model: nn.Module, input_ids: torch.Tensor, config: ProbeConfig = ProbeConfig()) -> ProbeResult:
     """Run the calibration windows input_ids: [samples, seq_len] through the model, gathering
     streaming statistics at every (layer, point). Memory stays bounded in the number of samples."""
     adapter = adapter_for(model)
     layers = adapter.decoder_layers(model)
-    samples, seq_len = input_ids.shape
     device = next(model.parameters()).device
-    acc: dict[tuple[int, str], PointAccumulator] = {}
-    batch = _Batch()
-
-    def record(li: int, point: str, t: torch.Tensor) -> None:
-        x = t.detach().reshape(-1, t.shape[-1]).float().cpu()  # [B*T, C]
-        a = acc.get((li, point))
-        if a is None:
-            a = acc[(li, point)] = PointAccumulator(
-                x.shape[1], config.top_k, config.massive.abs_threshold, config.massive.ratio, config.max_records)
-        a.update(x, batch.seq_len, batch.sample_offset, batch.token_ids, tuple(t.shape))
-
+    record = Recorder(config)
     with hooks_at_points(model, adapter, record):
-        starts = range(0, samples, config.batch_size)
-        for s in bar(starts, desc="probe: calibration pass", unit="batch"):
+        for s in bar(range(0, input_ids.shape[0], config.batch_size), desc="probe: calibration pass", unit="batch"):
             ids = input_ids[s: s + config.batch_size]
-            batch.sample_offset, batch.seq_len, batch.token_ids = s, seq_len, ids
+            record.running(s, ids)
             model.base_model(input_ids=ids.to(device), use_cache=False)
             trim_heap()
-
     release_workspace()
-    missing = [(li, p) for li in range(len(layers)) for p in adapter.point_names if (li, p) not in acc]
-    if missing:
-        raise RuntimeError(f"hooks never fired at {missing[:5]}... (adapter {adapter.family} does not "
-                           f"match this model's modules)")
-    stats = {key: a.finalize() for key, a in acc.items()}
-    return ProbeResult(adapter, len(layers), samples, seq_len, stats, config)
+    return record.result(adapter, len(layers), input_ids)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..arch import adapter_for
+from ..arch import adapter_for, model_device
 from ..progress import bar
 from .grid import rtn_grid, snap_
 from .rtn import ActQuant, WeightQuant, fake_quant_act, fake_quant_weight
@@ -47,6 +47,7 @@ def calibrate_ranges(model: nn.Module, ids: torch.Tensor, batch_size: int = 4, p
                      ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per projection: (min, max) of its input over the windows ids: [N, T]."""
     ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    device = model_device(model)
     handles = []
     for name, m in linear_modules(model):
         def pre(_m, args, name=name):
@@ -59,7 +60,7 @@ def calibrate_ranges(model: nn.Module, ids: torch.Tensor, batch_size: int = 4, p
     try:
         for s in bar(range(0, ids.shape[0], batch_size), desc="A-quant: calibrating ranges", unit="batch",
                      show=progress):
-            model.base_model(input_ids=ids[s: s + batch_size], use_cache=False)
+            model.base_model(input_ids=ids[s: s + batch_size].to(device), use_cache=False)
     finally:
         for h in handles:
             h.remove()

@@ -24,7 +24,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from ..arch import adapter_for
+from ..arch import adapter_for, model_device
+from ..arch.walk import layer_inputs, layer_output
 from ..progress import bar
 from ..schema import Config
 from .fake import weight_view
@@ -94,8 +95,8 @@ def column_order(h_diag: torch.Tensor, group_size: int, act_order: ActOrder) -> 
         blocks = h_diag[: n_full * group_size].view(n_full, group_size)
         vals, local = torch.sort(blocks, dim=1, descending=True)
         groups = torch.argsort(vals[:, 0], descending=True, stable=True)
-        perm = (local + torch.arange(n_full)[:, None] * group_size)[groups].reshape(-1)
-        return torch.cat([perm, torch.arange(n_full * group_size, h_diag.numel())])
+        perm = (local + torch.arange(n_full, device=h_diag.device)[:, None] * group_size)[groups].reshape(-1)
+        return torch.cat([perm, torch.arange(n_full * group_size, h_diag.numel(), device=h_diag.device)])
     return None
 
 
@@ -118,7 +119,7 @@ def _gptq_solve_(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[tor
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # [in, in]
     del h
     q = torch.zeros_like(w)
-    losses = torch.zeros(out_f)
+    losses = torch.zeros(out_f, device=w.device)
     g = in_f if cfg.group_size == -1 else cfg.group_size
     scale = zero = None
     scales, zeros = [], []  # per group, in quantization order
@@ -150,8 +151,8 @@ def _gptq_solve_(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[tor
 class Hessian:
     """Running H = 2/N Σ x xᵀ over the N rows seen, as GPTQ accumulates it."""
 
-    def __init__(self, width: int):
-        self.h = torch.zeros(width, width)
+    def __init__(self, width: int, device: torch.device | str = "cpu"):
+        self.h = torch.zeros(width, width, device=device)
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:  # x: [..., in]
@@ -162,33 +163,6 @@ class Hessian:
 
 
 # ---- the model-level verb ------------------------------------------------------------------------
-@torch.no_grad()
-def _layer_inputs(model: nn.Module, layers: nn.ModuleList, ids: torch.Tensor, batch_size: int):
-    """The hidden states entering layer 0 and every layer's other arguments (position embeddings,
-    masks; per layer, since e.g. Gemma3 mixes sliding and global layers), from one pass of the
-    model in which every decoder layer is a pass-through (nothing is computed twice)."""
-    hidden, extra = [], [[] for _ in layers]
-    handles = []
-    for li, layer in enumerate(layers):
-        def pre(_m, args, kwargs, li=li):
-            kw = dict(kwargs)
-            h = args[0] if args else kw.pop("hidden_states")
-            if li == 0:
-                hidden.append(h.detach().clone())
-            extra[li].append((args[1:], kw))
-        handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
-        layer.forward = lambda *args, **kwargs: args[0] if args else kwargs["hidden_states"]
-    try:
-        for s in range(0, ids.shape[0], batch_size):
-            model.base_model(input_ids=ids[s: s + batch_size], use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-        for layer in layers:
-            del layer.forward  # back to the class's forward
-    return hidden, extra
-
-
 class _Collected(Exception):
     """Raised once every input of a subset has been seen: the rest of the layer is not needed."""
 
@@ -196,8 +170,7 @@ class _Collected(Exception):
 def _advance_(layer: nn.Module, hidden: list[torch.Tensor], extra: list) -> None:
     """hidden[i] <- layer(hidden[i]), batch by batch (one batch of extra memory, not a second copy)."""
     for i, (args, kw) in enumerate(extra):
-        o = layer(hidden[i], *args, **kw)
-        hidden[i] = o[0] if isinstance(o, tuple) else o
+        hidden[i] = layer_output(layer(hidden[i], *args, **kw))
 
 
 def _collect_hessians(layer: nn.Module, groups: list[list[str]], hidden: list[torch.Tensor], extra: list
@@ -210,7 +183,7 @@ def _collect_hessians(layer: nn.Module, groups: list[list[str]], hidden: list[to
 
     def pre(gi: int, x: torch.Tensor):
         if hess[gi] is None:
-            hess[gi] = Hessian(x.shape[-1])
+            hess[gi] = Hessian(x.shape[-1], x.device)
         hess[gi].add(x)
         seen.add(gi)
         if len(seen) == len(groups):
@@ -286,7 +259,9 @@ def gptq_(model: nn.Module, ids: torch.Tensor, cfg: GPTQConfig = GPTQConfig(), b
     layers = adapter.decoder_layers(model)
     attention = adapter.modules("o")[0].rpartition(".")[0]  # the block that ends in W_o
     t0 = time.perf_counter()
-    hidden, extra = _layer_inputs(model, layers, ids, batch_size)
+    device = model_device(model)
+    hidden, extra = layer_inputs(model, layers, ({"input_ids": ids[s: s + batch_size].to(device)}
+                                                 for s in range(0, ids.shape[0], batch_size)))
     subsets = ROLES_SEQUENTIAL if cfg.true_sequential else ROLES_TOGETHER
     modules = []
     for li, layer in enumerate(bar(layers, desc="GPTQ layers", unit="layer")):

@@ -30,8 +30,12 @@ class QuantGrid:
     def maxq(self) -> int:
         return 2**self.bits - 1
 
+    def cpu(self) -> QuantGrid:
+        """This grid with its tensors on the CPU (checkpoints are packed there)."""
+        return QuantGrid(self.bits, self.group_size, self.symmetric, self.scale.cpu(), self.zero.cpu(), self.g_idx.cpu())
+
     def _expand(self) -> tuple[torch.Tensor, torch.Tensor]:
-        i = self.g_idx.long()
+        i = self.g_idx.long().to(self.scale.device)
         return self.scale[:, i], self.zero[:, i]  # [out, in] each
 
     def codes(self, w: torch.Tensor) -> torch.Tensor:
@@ -51,7 +55,7 @@ class QuantGrid:
 
 def natural_g_idx(in_features: int, group_size: int) -> torch.Tensor:
     g = in_features if group_size == -1 else group_size
-    return (torch.arange(in_features) // g).to(torch.int32)
+    return (torch.arange(in_features) // g).to(torch.int32)  # on CPU: the index of a checkpoint's g_idx
 
 
 def g_idx_from_order(perm: torch.Tensor | None, in_features: int, group_size: int) -> torch.Tensor:
@@ -60,7 +64,7 @@ def g_idx_from_order(perm: torch.Tensor | None, in_features: int, group_size: in
     if perm is None:
         return natural
     g_idx = torch.empty_like(natural)
-    g_idx[perm] = natural
+    g_idx[perm.cpu()] = natural
     return g_idx
 
 
@@ -69,8 +73,9 @@ def rtn_grid(w: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> Qu
     out_f, in_f = w.shape
     g_idx = natural_g_idx(in_f, group_size)
     n = int(g_idx[-1]) + 1
-    lo = torch.full((out_f, n), float("inf")).scatter_reduce(1, g_idx.long().expand(out_f, -1), w.float(), "amin")
-    hi = torch.full((out_f, n), float("-inf")).scatter_reduce(1, g_idx.long().expand(out_f, -1), w.float(), "amax")
+    index = g_idx.long().to(w.device).expand(out_f, -1)
+    lo = torch.full((out_f, n), float("inf"), device=w.device).scatter_reduce(1, index, w.float(), "amin")
+    hi = torch.full((out_f, n), float("-inf"), device=w.device).scatter_reduce(1, index, w.float(), "amax")
     lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     if symmetric:  # signed levels -2^(b-1) .. 2^(b-1)-1 = unsigned codes with zero 2^(b-1)
         scale = torch.maximum(lo.abs(), hi).clamp(min=1e-8) / (2 ** (bits - 1) - 1)

@@ -43,7 +43,7 @@ def float_tensors(model: nn.Module, skip: set[str]) -> dict[str, torch.Tensor]:
         if t.data_ptr() in seen:  # tied (lm_head = embed_tokens): transformers re-ties on load
             continue
         seen.add(t.data_ptr())
-        out[name] = t.detach().contiguous()
+        out[name] = t.detach().cpu().contiguous()  # safetensors writes from the CPU
     return out
 
 

@@ -142,9 +142,10 @@ def state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
             raise SmoothQuantError(f"{name} is a {type(m).__name__}, not an nn.Linear: compressed-tensors targets "
                                    "Linear layers; export this model with format: gptq.")
         check_grid(name, grids[name], m.in_features)
-        out.update({f"{name}.{k}": v for k, v in weight_tensors(m.weight, grids[name], scheme).items()})
+        out.update({f"{name}.{k}": v for k, v in weight_tensors(m.weight.detach().cpu(), grids[name].cpu(),
+                                                                  scheme).items()})
         if act is not None and ranges is not None and act.kind.static:
-            out.update({f"{name}.{k}": v for k, v in input_tensors(act, *ranges[name]).items()})
+            out.update({f"{name}.{k}": v for k, v in input_tensors(act, *(r.cpu() for r in ranges[name])).items()})
     if act is not None and act.kind.static and scheme.weights.num_bits < 8:
         log.warning("W%dA%d with per-tensor activations: vLLM (0.32) has no kernel for it (its W4A8 needs per-token "
                     "dynamic activations); transformers and smooth_then_quant load it", scheme.weights.num_bits,

@@ -51,9 +51,10 @@ def state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
     projections = dict(adapter_for(model).named_projections(model))
     out = float_tensors(model, {f"{n}.{leaf}" for n in projections for leaf in ("weight", "bias")})
     for name, m in projections.items():
-        grid, w = grid_of(m), weight_view(m)
+        grid, w = grid_of(m).cpu(), weight_view(m).detach().cpu()
         check_packable(name, grid, w.shape[0])
-        for k, v in to_gptq_tensors(w, grid, getattr(m, "bias", None)).items():
+        bias = getattr(m, "bias", None)
+        for k, v in to_gptq_tensors(w, grid, None if bias is None else bias.detach().cpu()).items():
             out[f"{name}.{k}"] = v
     return out, qc
 

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ...arch import ArchAdapter, adapter_for
+from ...arch import ArchAdapter, adapter_for, model_device
 from ...detect import Analysis
 from ...probe import hooks_at_points
 from ...progress import bar
@@ -88,7 +88,7 @@ def collect_absmax(model: nn.Module, adapter: ArchAdapter, ids: torch.Tensor, po
 
     with hooks_at_points(model, adapter, record):
         for s in bar(range(0, ids.shape[0], batch_size), desc="smooth: activation ranges", unit="batch"):
-            model.base_model(input_ids=ids[s: s + batch_size], use_cache=False)
+            model.base_model(input_ids=ids[s: s + batch_size].to(model_device(model)), use_cache=False)
     return amax
 
 
@@ -153,7 +153,7 @@ def migrations(model: nn.Module, ids: torch.Tensor, cfg: MigrateConfig, skip_dow
             MigrateNorm(li, name, alpha, scales, why)
 
     with hooks_at_points(model, adapter, decide):
-        model.base_model(input_ids=ids[: cfg.search_samples], use_cache=False)
+        model.base_model(input_ids=ids[: cfg.search_samples].to(model_device(model)), use_cache=False)
     progress.close()
     out = [found[k] for k in sorted(found, key=lambda k: (k[0], list(sites).index(k[1]))) if found[k] is not None]
     return out, notes

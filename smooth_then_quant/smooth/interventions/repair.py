@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ...arch import adapter_for, take_part
+from ...arch import adapter_for, model_device, take_part
 from ...errors import SmoothQuantError
 from ...progress import bar
 from ...schema import Config
@@ -80,8 +80,9 @@ def target_modules(model: nn.Module, plan: SmoothingPlan, cfg: RepairConfig) -> 
 def kl_to(teacher: nn.Module, student: nn.Module, ids: torch.Tensor, batch_size: int = 2) -> float:
     """Mean per-token KL(teacher ‖ student) over windows ids: [N, T]."""
     total, n = 0.0, 0
+    device = model_device(student)
     for s in range(0, ids.shape[0], batch_size):
-        b = ids[s: s + batch_size]
+        b = ids[s: s + batch_size].to(device)
         kl = _kl(teacher(input_ids=b, use_cache=False).logits, student(input_ids=b, use_cache=False).logits)
         total += float(kl) * b.numel()
         n += b.numel()
@@ -142,7 +143,7 @@ def repair_(model: nn.Module, teacher: nn.Module, input_ids: torch.Tensor, plan:
             rows = torch.randint(0, train_ids.shape[0], (cfg.batch_size,), generator=g)
             T = min(cfg.seq_len, train_ids.shape[1])
             start = int(torch.randint(0, train_ids.shape[1] - T + 1, (1,), generator=g))
-            b = train_ids[rows, start: start + T]
+            b = train_ids[rows, start: start + T].to(model_device(model))
             with torch.no_grad():
                 t_logits = teacher(input_ids=b, use_cache=False).logits
             penalties.terms.clear()

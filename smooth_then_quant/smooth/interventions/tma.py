@@ -56,7 +56,7 @@ def remove_massive(y: torch.Tensor, op: MassiveRemoval) -> torch.Tensor:
         mask &= keep
     if not mask.any():
         return y
-    fill = x.mean(dim=(1, 2), keepdim=True) if op.replace_with == "mean" else torch.zeros((), dtype=x.dtype)
+    fill = x.mean(dim=(1, 2), keepdim=True) if op.replace_with == "mean" else torch.zeros((), dtype=x.dtype, device=x.device)
     return torch.where(mask, fill.to(x.dtype), x).reshape(y.shape)
 
 

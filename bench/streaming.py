@@ -1,0 +1,209 @@
+"""Benchmark: the streamed analysis (one decoder layer resident) against the in-memory one, and on models
+far larger than the in-memory path could hold.
+
+    .venv/bin/python bench/streaming.py                      # SmolLM2 both ways + Llama-3-8B-shaped, streamed
+    .venv/bin/python bench/streaming.py --skip-big           # SmolLM2 only (~2 min)
+
+Each measurement runs in its own process; peak RSS is that process's VmHWM, wall time its whole run
+(imports, load, analysis). The big models are public configs' shapes with random bfloat16 weights and a
+planted massive-activation family (the test models' recipe, at scale), written by this script as sharded
+safetensors under --work (default /tmp/stq-bench, never committed) and reused when already there.
+Writes bench/results/streaming.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+SHAPES = {  # the public configs' shapes (Llama-3.2-3B is the paper's model)
+    "llama-3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0,
+                         max_position_embeddings=131072, head_dim=128),
+    "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0,
+                       max_position_embeddings=8192, head_dim=128),
+}
+TRIGGER, RESERVED, CONST, MLP_CHANNEL, HIDDEN_CHANNEL = 7, 2, 3, 5, 11  # as tests/planting.py
+SHARD_BYTES = 2 * 1024**3
+
+RUN = """
+import json, sys, time
+import torch
+t0 = time.perf_counter()
+from smooth_then_quant import progress
+from smooth_then_quant.detect import AnalysisConfig, analyze, analyze_checkpoint
+from smooth_then_quant.load import load_model
+progress.set_enabled(False)
+mode, folder, samples, seq_len, vocab = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+g = torch.Generator().manual_seed(0)
+ids = torch.randint(TRIGGER + 1, vocab, (samples, seq_len), generator=g)
+ids[:, 0] = TRIGGER
+t1 = time.perf_counter()
+if mode == "streamed":
+    a = analyze_checkpoint(folder, ids, AnalysisConfig(), batch_size=4)
+else:
+    a = analyze(load_model(folder).model, ids, AnalysisConfig(), batch_size=4)
+t2 = time.perf_counter()
+d = a.to_dict()
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print("RESULT", json.dumps({"analysis_s": t2 - t1, "total_s": t2 - t0, "vmhwm_kb": int(hwm.split()[1]),
+                            "families": len(d["massive_families"]), "layers": d["num_layers"],
+                            "first_family": d["massive_families"][0] if d["massive_families"] else None,
+                            "digest": __import__("hashlib").sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()}))
+""".replace("TRIGGER", str(TRIGGER))
+
+
+def write_random_checkpoint(name: str, folder: Path) -> Path:
+    """Random bf16 weights in `name`'s shapes, init 0.002 (the stream stays near the embeddings), structured
+    embeddings (row mean 0, rms 1, channel CONST = 1.5) and layer 1's MLP planted to create a massive
+    activation at y6 for the trigger token, written shard by shard (never the whole model in memory)."""
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    if (folder / "model.safetensors.index.json").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    config = LlamaConfig(**SHAPES[name], initializer_range=0.002, dtype="bfloat16")
+    config.save_pretrained(folder)
+    from smooth_then_quant.load.lazy import skeleton
+    meta = skeleton(config, torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    h, v = config.hidden_size, config.vocab_size
+    weight_map, shard, size, n = {}, {}, 0, 0
+
+    def flush():
+        nonlocal shard, size, n
+        if shard:
+            fname = f"model-{n:05d}.safetensors"
+            save_file(shard, str(folder / fname), metadata={"format": "pt"})
+            weight_map.update({k: fname for k in shard})
+            shard, size, n = {}, 0, n + 1
+
+    for key, p in meta.state_dict().items():
+        if key == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        if key.endswith("norm.weight"):
+            t = torch.ones(p.shape)
+        elif key == "model.embed_tokens.weight":
+            t = torch.empty(p.shape)
+            for s in range(0, v, 16384):  # structured rows, chunk by chunk
+                z = torch.randn(min(16384, v - s), h, generator=g)
+                keep = torch.arange(h) != CONST
+                zz = z[:, keep] - z[:, keep].mean(1, keepdim=True)
+                zz = zz / zz.pow(2).mean(1, keepdim=True).sqrt()
+                b = -1.5 / (h - 1)
+                a = ((h - 1.5**2) / (h - 1) - b * b) ** 0.5
+                rows = torch.empty_like(z)
+                rows[:, keep], rows[:, CONST] = a * zz + b, 1.5
+                t[s: s + rows.shape[0]] = rows
+            t[:, RESERVED] = 0.0
+            t[TRIGGER] = 0.0
+            t[TRIGGER, RESERVED] = h**0.5
+        else:
+            t = torch.randn(p.shape, generator=g) * 0.002
+        if key.startswith("model.layers.1.mlp."):
+            if key.endswith(("gate_proj.weight", "up_proj.weight")):
+                t[MLP_CHANNEL] = 0.0
+                t[MLP_CHANNEL, RESERVED] = 40.0
+                if "gate" in key:
+                    t[MLP_CHANNEL, CONST] = -10.0 / 1.5
+            elif key.endswith("down_proj.weight"):
+                t[:, MLP_CHANNEL] = 0.0
+                t[HIDDEN_CHANNEL] = 0.0
+                t[HIDDEN_CHANNEL, MLP_CHANNEL] = 1.0
+        t = t.to(torch.bfloat16).contiguous()
+        shard[key] = t
+        size += t.numel() * 2
+        if size >= SHARD_BYTES:
+            flush()
+    flush()
+    total = sum(p.numel() * 2 for k, p in meta.state_dict().items()
+                if not (k == "lm_head.weight" and config.tie_word_embeddings))
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    return folder
+
+
+def run(mode: str, folder: Path, samples: int, seq_len: int, vocab: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", RUN, mode, str(folder), str(samples), str(seq_len), str(vocab)],
+                         capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        return {"mode": mode, "error": (out.stderr or out.stdout)[-1500:], "wall_s": wall}
+    return {"mode": mode, "wall_s": wall, **json.loads(line[7:])}
+
+
+def gib(kb: int) -> float:
+    return kb / 1024**2
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="/tmp/stq-bench")
+    ap.add_argument("--skip-big", action="store_true")
+    ap.add_argument("--big", nargs="+", default=["llama-3-8b"], choices=list(SHAPES))
+    ap.add_argument("--out", default=str(HERE / "results" / "streaming.md"))
+    args = ap.parse_args()
+    work = Path(args.work)
+    lines = ["# Streamed analysis: one decoder layer resident", "",
+             "Command: `python bench/streaming.py" + (" --skip-big" if args.skip_big else "")
+             + (f" --big {' '.join(args.big)}" if args.big != ["llama-3-8b"] else "") + "`  ",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+             f"{time.strftime('%Y-%m-%d')}. Each row is one process; peak RSS is its VmHWM (imports included: "
+             "Python + torch + transformers alone take about 0.4 GiB); wall time is the whole process.", ""]
+
+    # SmolLM2: the same analysis both ways, from a safetensors copy of the embedded model
+    smol = work / "smollm2"
+    if not (smol / "config.json").is_file():
+        from smooth_then_quant.load import load_model
+        loaded = load_model("default")
+        loaded.model.save_pretrained(smol)
+        loaded.tokenizer.save_pretrained(smol)
+        del loaded
+    fp32 = sum(f.stat().st_size for f in smol.glob("*.safetensors"))
+    rows = [run(m, smol, 16, 512, 49152) for m in ("in-memory", "streamed")]
+    lines += ["## SmolLM2-135M (float32 safetensors, 16 × 512 calibration windows)", "",
+              "| path | analysis | whole process | peak RSS | × the float32 model | analysis digest |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['mode']} | failed: {r['error'][-300:]} | | | | |")
+            continue
+        lines.append(f"| {r['mode']} | {r['analysis_s']:.1f} s | {r['wall_s']:.1f} s | {gib(r['vmhwm_kb']):.2f} GiB | "
+                     f"{r['vmhwm_kb'] * 1024 / fp32:.2f}× | `{r['digest'][:16]}` |")
+    ok = all("digest" in r for r in rows) and rows[0]["digest"] == rows[1]["digest"]
+    lines += ["", f"Same analysis (report.json's analysis section, hashed): {'yes' if ok else '**NO**'}.", ""]
+
+    for name in [] if args.skip_big else args.big:
+        folder = write_random_checkpoint(name, work / name)
+        size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+        params = size // 2
+        r = run("streamed", folder, 4, 256, SHAPES[name]["vocab_size"])
+        lines += [f"## {name}-shaped, random bfloat16 weights, planted MA family (4 × 256 windows)", ""]
+        if "error" in r:
+            lines += [f"Failed: `{r['error'][-600:]}`", ""]
+            continue
+        lines += [f"- parameters: {params / 1e9:.2f} B; checkpoint {size / 1024**3:.1f} GiB (bf16); float32 size "
+                  f"{params * 4 / 1024**3:.1f} GiB",
+                  f"- peak RSS {gib(r['vmhwm_kb']):.2f} GiB ({r['vmhwm_kb'] * 1024 / (params * 4):.3f}× the float32 "
+                  f"model), analysis {r['analysis_s']:.0f} s, whole process {r['wall_s']:.0f} s",
+                  f"- found {r['families']} massive-activation families; the first: `{json.dumps(r['first_family'])}`",
+                  ""]
+    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

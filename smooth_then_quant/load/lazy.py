@@ -1,0 +1,147 @@
+"""A model that is never whole in memory: a skeleton on the meta device, and its weights read from the
+checkpoint's safetensors shards one decoder layer at a time (llm-compressor's sequential onloading).
+
+    ckpt = Checkpoint("folder")                      # every shard checked against the index, before any work
+    model = skeleton(ckpt, torch.float32)            # parameters on meta; buffers (rotary) real; small ones loaded
+    with onloaded(model.model.layers[3], ckpt, "model.layers.3", torch.float32, "cpu") as layer: ...
+    rows = ckpt.rows("model.embed_tokens.weight", ids, torch.float32)     # only the embedding rows ids need
+
+accelerate builds the skeleton (`init_empty_weights`) and places each tensor (`set_module_tensor_to_device`);
+safetensors reads each tensor, or a row range of one, without touching the rest of its file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from ..errors import SmoothQuantError
+
+INDEX = "model.safetensors.index.json"
+ROW_CHUNK = 8192  # embedding rows read at a time when gathering the rows a batch needs
+
+
+class Checkpoint:
+    """The tensors of a safetensors checkpoint folder (one file, or shards with an index), by name."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        index = self.folder / INDEX
+        if index.is_file():
+            try:
+                weight_map: dict[str, str] = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+                raise SmoothQuantError(f"{index} is not a safetensors index ({type(e).__name__}); re-save the "
+                                       "checkpoint with save_pretrained.") from None
+            files = sorted(set(weight_map.values()))
+        else:
+            weight_map, files = {}, sorted(p.name for p in self.folder.glob("*.safetensors"))
+            if not files:
+                raise SmoothQuantError(f"{self.folder} has no .safetensors weights.")
+        missing = [f for f in files if not (self.folder / f).is_file()]
+        if missing:
+            raise SmoothQuantError(f"{self.folder}: shard {missing[0]} named by {INDEX} is missing"
+                                   + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                                   + "; download the checkpoint again.")
+        self.where: dict[str, str] = {}
+        for f in files:
+            try:
+                with safe_open(str(self.folder / f), "pt") as st:
+                    keys = list(st.keys())
+            except (SafetensorError, OSError) as e:
+                raise SmoothQuantError(f"{self.folder / f} is not a readable safetensors file ({e}); download "
+                                       "the checkpoint again.") from None
+            for k in keys:
+                if weight_map and weight_map.get(k) != f:
+                    raise SmoothQuantError(f"{self.folder / f} does not match {INDEX}: it holds {k}, which the index "
+                                           f"places in {weight_map.get(k)}; download the checkpoint again.")
+                self.where[k] = f
+        absent = [k for k in weight_map if k not in self.where]
+        if absent:
+            raise SmoothQuantError(f"{self.folder / weight_map[absent[0]]} does not match {INDEX}: {absent[0]} is "
+                                   "not in it; download the checkpoint again.")
+
+    def key(self, name: str, prefixes: tuple[str, ...] = ()) -> str:
+        """The checkpoint's name for a model tensor (checkpoints saved from the base model drop its prefix)."""
+        for k in (name, *(name.removeprefix(p + ".") for p in prefixes if name.startswith(p + "."))):
+            if k in self.where:
+                return k
+        raise SmoothQuantError(f"{self.folder}: the checkpoint has no tensor {name}; it does not match its "
+                               "config.json.")
+
+    def tensor(self, key: str, dtype: torch.dtype) -> torch.Tensor:
+        with safe_open(str(self.folder / self.where[key]), "pt") as st:
+            return st.get_tensor(key).to(dtype)
+
+    def rows(self, key: str, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """rows ids (any shape, int) of a 2-D tensor -> [*ids.shape, width], reading ROW_CHUNK rows at a time."""
+        flat = ids.reshape(-1).long()
+        with safe_open(str(self.folder / self.where[key]), "pt") as st:
+            sl = st.get_slice(key)
+            n, width = sl.get_shape()
+            if int(flat.max()) >= n or int(flat.min()) < 0:
+                raise SmoothQuantError(f"token id {int(flat.max())} is outside the {n}-row embedding {key}.")
+            out = torch.empty(flat.numel(), width, dtype=dtype)
+            for start in range(0, n, ROW_CHUNK):
+                hit = (flat >= start) & (flat < start + ROW_CHUNK)
+                if hit.any():
+                    out[hit] = sl[start: start + ROW_CHUNK][flat[hit] - start].to(dtype)
+        return out.reshape(*ids.shape, width)
+
+
+def skeleton(config, dtype: torch.dtype) -> nn.Module:
+    """The causal LM of `config` with every parameter on meta and real buffers (rotary frequencies)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def _prefixes(model: nn.Module) -> tuple[str, ...]:
+    prefix = getattr(model, "base_model_prefix", "")
+    return (prefix,) if prefix else ()
+
+
+def onload_(module: nn.Module, ckpt: Checkpoint, prefix: str, dtype: torch.dtype, device, root: nn.Module) -> None:
+    """Every parameter of `module` (qualified in the model by `prefix`) from the checkpoint, on `device`."""
+    from accelerate.utils import set_module_tensor_to_device
+
+    for name, _ in list(module.named_parameters()):
+        key = ckpt.key(f"{prefix}.{name}" if prefix else name, _prefixes(root))
+        set_module_tensor_to_device(module, name, device, value=ckpt.tensor(key, dtype))
+
+
+def offload_(module: nn.Module) -> None:
+    """Free the parameters of `module` (back to meta)."""
+    module.to("meta")
+
+
+@contextlib.contextmanager
+def onloaded(module: nn.Module, ckpt: Checkpoint, prefix: str, dtype: torch.dtype, device, root: nn.Module
+             ) -> Iterator[nn.Module]:
+    """`module` with its weights resident for the block, freed after (however the block ends)."""
+    onload_(module, ckpt, prefix, dtype, device, root)
+    try:
+        yield module
+    finally:
+        offload_(module)
+
+
+def onload_small_(model: nn.Module, ckpt: Checkpoint, layers: nn.ModuleList, dtype: torch.dtype, device) -> None:
+    """Every parameter outside the decoder layers and the vocabulary matrices (final norm, GPT-2's positions)."""
+    from accelerate.utils import set_module_tensor_to_device
+
+    skip = {id(p) for p in layers.parameters()}
+    for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if emb is not None:
+            skip |= {id(p) for p in emb.parameters()}
+    for name, p in list(model.named_parameters()):
+        if id(p) not in skip:
+            set_module_tensor_to_device(model, name, device, value=ckpt.tensor(ckpt.key(name, _prefixes(model)), dtype))
