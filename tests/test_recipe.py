@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,23 @@ def test_a_device_this_machine_lacks_is_refused_at_validation(tmp_path, device, 
     from smooth_then_quant.load import load_model
     with pytest.raises(SmoothQuantError, match=f"device '{device}'"):
         load_model("default", device=device)
+
+
+@pytest.mark.parametrize("key", ["int", "str", "none", "bool", "literal[x]", "constrained-float", "list[...]"])
+def test_keys_named_like_pydantic_tags_are_unknown_keys_not_tracebacks(tmp_path, key):
+    # regression: the error explainer dropped these as pydantic's union tags, then indexed an empty path
+    with pytest.raises(SmoothQuantError, match=rf"unknown key '{re.escape(key)}'; allowed keys here: stage, model"):
+        load_recipe(write(tmp_path, f"output_dir: o\n'{key}': 3\n"))
+    with pytest.raises(SmoothQuantError, match=rf"unknown key 'calibration.{re.escape(key)}'"):
+        load_recipe(write(tmp_path, f"output_dir: o\ncalibration: {{'{key}': 3}}\n"))
+
+
+def test_errors_inside_a_registry_chosen_section_list_its_own_keys(tmp_path):
+    with pytest.raises(SmoothQuantError) as e:
+        load_recipe(write(tmp_path, "output_dir: o\nquantization: {schemes: {R: {weights: {method: rtn, damp: 0.1}}}}\n"))
+    assert "unknown key 'quantization.schemes.R.weights.damp'; allowed keys here: bits, group_size, symmetric, method" \
+        in str(e.value)
+    with pytest.raises(SmoothQuantError, match="'smoothing.migrate.alpha': Input should be 'search' or less than or equal to 1"):
+        load_recipe(write(tmp_path, "output_dir: o\nsmoothing: {migrate: {alpha: 2}}\n"))
+    with pytest.raises(SmoothQuantError, match="'smoothing.migrate.target.group_size': group_size must be -1"):
+        load_recipe(write(tmp_path, "output_dir: o\nsmoothing: {migrate: {target: {group_size: 0}}}\n"))
