@@ -20,7 +20,7 @@ place. This example runs as written (tests/test_package_doc.py runs it on the em
     'smollm2-w4a8'
 """
 from .arch import adapter_for, register_adapter, supported_model_types
-from .detect import Analysis, AnalysisConfig, ChannelRule, MassiveRule, analyze, detect_outliers
+from .detect import Analysis, AnalysisConfig, ChannelRule, MassiveRule, analyze, analyze_checkpoint, detect_outliers
 from .errors import SmoothQuantError
 from .evaluate import EvalConfig, evaluation_windows, perplexity
 from .export import export_quantized, export_smoothed, register_format
@@ -33,7 +33,7 @@ from .version import __version__
 
 __all__ = ["ActQuant", "Analysis", "AnalysisConfig", "ChannelRule", "EvalConfig", "GPTQConfig", "MassiveRule",
            "MigrateConfig", "ProbeConfig", "RemoveMassiveConfig", "RepairConfig", "Scheme", "SmoothQuantError",
-           "SmoothingConfig", "SmoothingPlan", "WeightQuant", "__version__", "adapter_for", "analyze",
+           "SmoothingConfig", "SmoothingPlan", "WeightQuant", "__version__", "adapter_for", "analyze", "analyze_checkpoint",
            "calibration_windows", "detect_outliers", "evaluation_windows", "export_quantized", "export_smoothed",
            "gptq_", "load_model", "load_text", "perplexity", "plan_smoothing", "preset_schemes", "probe_model",
            "quantize_", "register_adapter", "register_format", "repair_", "smooth_", "supported_model_types"]
