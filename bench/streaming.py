@@ -133,6 +133,33 @@ def write_random_checkpoint(name: str, folder: Path) -> Path:
     return folder
 
 
+CLI = """
+import sys
+from smooth_then_quant.cli import main
+code = main([sys.argv[1], "-q"])
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print("VMHWM_KB", int(hwm.split()[1]))
+sys.exit(code)
+"""
+
+
+def run_cli(folder: Path, work: Path, samples: int, seq_len: int) -> dict:
+    """`smooth-quant` on an analysis recipe for `folder` (stage analyze streams a local float checkpoint)."""
+    recipe = work / f"analyze-{folder.name}.yaml"
+    out = work / f"run-{folder.name}"
+    recipe.write_text(f"stage: analyze\nmodel: {folder}\ncalibration: {{samples: {samples}, seq_len: {seq_len}}}\n"
+                      f"output_dir: {out}\noverwrite: true\n")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CLI, str(recipe)], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    kb = next((int(ln.split()[1]) for ln in proc.stdout.splitlines() if ln.startswith("VMHWM_KB")), None)
+    if proc.returncode or kb is None:
+        return {"error": proc.stderr[-1500:], "wall_s": wall}
+    report = json.loads((out / "report.json").read_text())
+    return {"wall_s": wall, "vmhwm_kb": kb, "weights": report["model"].get("weights", "loaded whole"),
+            "families": len(report["analysis"]["massive_families"])}
+
+
 def run(mode: str, folder: Path, samples: int, seq_len: int, vocab: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     t0 = time.perf_counter()
@@ -195,11 +222,19 @@ def main() -> None:
         if "error" in r:
             lines += [f"Failed: `{r['error'][-600:]}`", ""]
             continue
+        if not (folder / "tokenizer.json").is_file():  # the recipe tokenizes text: SmolLM2's tokenizer (49k ids < vocab)
+            from transformers import AutoTokenizer
+            AutoTokenizer.from_pretrained(smol).save_pretrained(folder)
+        c = run_cli(folder, work, 4, 256)
         lines += [f"- parameters: {params / 1e9:.2f} B; checkpoint {size / 1024**3:.1f} GiB (bf16); float32 size "
                   f"{params * 4 / 1024**3:.1f} GiB",
                   f"- peak RSS {gib(r['vmhwm_kb']):.2f} GiB ({r['vmhwm_kb'] * 1024 / (params * 4):.3f}× the float32 "
                   f"model), analysis {r['analysis_s']:.0f} s, whole process {r['wall_s']:.0f} s",
                   f"- found {r['families']} massive-activation families; the first: `{json.dumps(r['first_family'])}`",
+                  (f"- `smooth-quant` on an analysis recipe for this folder (4 × 256 windows of the offline text, "
+                   f"SmolLM2's tokenizer saved beside the weights, plots on): weights {c['weights']}, peak RSS "
+                   f"{gib(c['vmhwm_kb']):.2f} GiB, {c['wall_s']:.0f} s, {c['families']} families found"
+                   if "error" not in c else f"- `smooth-quant` analysis recipe failed: `{c['error'][-500:]}`"),
                   ""]
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

@@ -11,13 +11,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .detect import Analysis, analyze
+from .detect import Analysis, analyze, analyze_checkpoint
 from .evaluate import FP, PerplexityCache, degradation_rows
 from .evaluate.evidence import ppl_change, removed_share, state_evidence
 from .export import PLAN_FILE, QuantizedCheckpoint, quantized_checkpoint, save_smoothed, write_quantized
 from .export.hub import push_folder
 from .io import write_json
-from .load import LoadedModel, calibration_windows, load_model
+from .load import LoadedModel, calibration_windows, load_model, open_streamed
 from .quantize import Scheme, detach_act_quant_, quantize_
 from .quantize.scheme import weight_key
 from .recipe import Recipe
@@ -104,9 +104,11 @@ def describe_load(r: Recipe) -> list[str]:
 
 
 def run_load(run: Run) -> None:
+    """The whole model; for an analysis alone, a local float checkpoint is streamed instead (one layer resident)."""
     r, t0 = run.recipe, time.perf_counter()
-    run.loaded = load_model(r.model, dtype=r.load.dtype, device=r.load.device,
-                            trust_remote_code=r.load.trust_remote_code, revision=r.load.revision)
+    kw = dict(dtype=r.load.dtype, device=r.load.device, trust_remote_code=r.load.trust_remote_code,
+              revision=r.load.revision)
+    run.loaded = (open_streamed(r.model, **kw) if r.stage == "analyze" else None) or load_model(r.model, **kw)
     run.timing["load_seconds"] = round(time.perf_counter() - t0, 2)
 
 
@@ -123,7 +125,12 @@ def run_analyze(run: Run) -> None:
     cal = r.calibration
     run.ids, data = calibration_windows(loaded.tokenizer, cal.data, cal.samples, cal.seq_len, cal.seed)
     t0 = time.perf_counter()
-    run.analysis = analyze(loaded.model, run.ids, r.analysis, batch_size=cal.batch_size)
+    if loaded.streamed is not None:
+        s = loaded.streamed
+        run.analysis = analyze_checkpoint(s.folder, run.ids, r.analysis, batch_size=cal.batch_size, dtype=s.dtype,
+                                          device=s.device, hf_config=s.config)
+    else:
+        run.analysis = analyze(loaded.model, run.ids, r.analysis, batch_size=cal.batch_size)
     run.timing["probe_seconds"] = round(time.perf_counter() - t0, 2)
     run.report.update({"tool": {"name": "smooth-then-quant", "version": __version__},
                        "recipe": r.model_dump(mode="json"), "model": loaded.provenance, "data": data,

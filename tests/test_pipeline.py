@@ -187,3 +187,28 @@ def test_dry_run_says_what_the_run_does(tmp_path, tiny_folder, capsys, stage):
     assert ("evaluate" in verbs) == ("smoothing" in report or "quantization" in report)
     assert verbs[:3] == ["load", "probe", "detect"] and verbs[-1] == "report"
     assert {"analyze": 0, "smooth": 1, "full": 3}[stage] == sum(v in verbs for v in ("smooth", "paper", "quantize"))
+
+
+def test_an_analysis_run_streams_a_float_folder_and_reports_the_same_analysis(tmp_path, tiny_folder, monkeypatch):
+    """stage analyze on a local float checkpoint: one decoder layer resident, the in-memory analysis's numbers."""
+    import smooth_then_quant.stages as stages
+    from smooth_then_quant.detect import AnalysisConfig, analyze
+    from smooth_then_quant.load import calibration_windows
+
+    monkeypatch.setattr(stages, "load_model", lambda *a, **k: pytest.fail("the analysis loaded the whole model"))
+    out, report = run(tmp_path, tiny_folder, ["stage=analyze"])
+    assert report["model"]["weights"].startswith("streamed") and report["stages"] == ["load", "analyze", "report"]
+    loaded = load_model(str(tiny_folder))
+    ids, _ = calibration_windows(loaded.tokenizer, "offline", 8, 64, 0)
+    whole = analyze(loaded.model, ids, AnalysisConfig(), batch_size=4).to_dict()
+    assert json.loads(json.dumps(whole)) == report["analysis"]
+    assert (out / "report.md").is_file() and (out / "top_activations.png").is_file()
+
+
+def test_an_export_with_runtime_hooks_is_analysed_whole(tmp_path, tiny_folder):
+    """A smoothed export whose plan re-attaches a runtime hook must be analysed with the hook: loaded whole."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, _ = run(tmp_path / "a", tiny_folder, ["smoothing.remove_massive.enabled=true", "stage=smooth"])
+    _, report = run(tmp_path / "b", first / "model", ["stage=analyze"])
+    assert "weights" not in report["model"] and report["model"]["runtime_interventions"] >= 1

@@ -60,5 +60,5 @@ def reattach_act_quant_(model: nn.Module, folder: Path, config=None) -> dict:
     return {"activation_quant": str(path)}
 
 
-register_folder_hook(reattach_runtime_, order=10)
-register_folder_hook(reattach_act_quant_, order=20)  # after the smoothing hooks: A8 sees the smoothed input
+register_folder_hook(reattach_runtime_, order=10, applies=lambda folder: (folder / PLAN_FILE).is_file())
+register_folder_hook(reattach_act_quant_, order=20, applies=lambda folder: (folder / ACT_FILE).is_file())  # after the smoothing hooks: A8 sees the smoothed input

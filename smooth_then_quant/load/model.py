@@ -28,6 +28,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # cannot hold as weights (runtime smoothing hooks, then A8 quantizers), run in `order`.
 QUANTIZED_LOADERS: dict[str, Callable[[Path, object, torch.dtype], torch.nn.Module]] = {}
 FOLDER_HOOKS: list[tuple[int, Callable[[torch.nn.Module, Path, object], dict]]] = []
+FOLDER_SIDECARS: list[Callable[[Path], bool]] = []  # "this folder has something a hook re-attaches"
 
 
 def register_quantized_loader(quant_method: str, load: Callable[[Path, object, torch.dtype], torch.nn.Module]) -> None:
@@ -38,9 +39,14 @@ def unregister_quantized_loader(quant_method: str) -> None:
     QUANTIZED_LOADERS.pop(quant_method, None)
 
 
-def register_folder_hook(hook: Callable[[torch.nn.Module, Path, object], dict], order: int) -> None:
+def register_folder_hook(hook: Callable[[torch.nn.Module, Path, object], dict], order: int,
+                         applies: Callable[[Path], bool] | None = None) -> None:
+    """`hook` runs on every folder load_model reads; `applies(folder)` says whether it would attach something
+    (such a folder is loaded whole, never streamed)."""
     FOLDER_HOOKS.append((order, hook))
     FOLDER_HOOKS.sort(key=lambda x: x[0])
+    if applies is not None:
+        FOLDER_SIDECARS.append(applies)
 
 
 def quantization_config(config) -> dict:
@@ -61,9 +67,10 @@ def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module
+    model: torch.nn.Module | None  # None: streamed (see `streamed`)
     tokenizer: object
     provenance: dict
+    streamed: object = None  # StreamedModel
 
 
 def default_model_path() -> Path:
@@ -139,6 +146,42 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
         for _, hook in FOLDER_HOOKS:  # runtime smoothing, then A8 (which must see the smoothed input)
             prov.update(hook(model, folder, config))
     return LoadedModel(model, tokenizer, prov)
+
+
+@dataclass
+class StreamedModel:
+    """A model read layer by layer from its safetensors folder: nothing but the config is loaded here."""
+    folder: Path
+    config: object
+    dtype: torch.dtype
+    device: str
+
+
+def open_streamed(name: str, *, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
+                  revision: str | None = None) -> LoadedModel | None:
+    """`name` as a model to stream (LoadedModel with model=None, `streamed` set), or None when it must be
+    loaded whole: a hub id or GGUF file (not a local safetensors folder), remote code, a quantized
+    checkpoint (a format reader unpacks it) or an export whose runtime hooks or A8 quantizers re-attach."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    kind, kw = resolve_source(name)
+    if kind != "folder" or trust_remote_code:
+        return None
+    folder = Path(kw["pretrained_model_name_or_path"])
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except OSError as e:
+        raise SmoothQuantError(f"could not load the config of '{name}': {e}.") from None
+    adapter_for(config)
+    if quantization_config(config) or any(applies(folder) for applies in FOLDER_SIDECARS) or \
+            not any(folder.glob("*.safetensors")):
+        return None
+    check_device(device)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prov = {**provenance(name, kind, kw, config, dtype, revision), "weights": "streamed, one decoder layer at a time"}
+    loaded = LoadedModel(None, tokenizer, prov)
+    loaded.streamed = StreamedModel(folder, config, DTYPES[dtype], device)
+    return loaded
 
 
 def drop_gguf_marker_(model: torch.nn.Module) -> None:
