@@ -233,7 +233,8 @@ def main() -> None:
                   f"- found {r['families']} massive-activation families; the first: `{json.dumps(r['first_family'])}`",
                   (f"- `smooth-quant` on an analysis recipe for this folder (4 × 256 windows of the offline text, "
                    f"SmolLM2's tokenizer saved beside the weights, plots on): weights {c['weights']}, peak RSS "
-                   f"{gib(c['vmhwm_kb']):.2f} GiB, {c['wall_s']:.0f} s, {c['families']} families found"
+                   f"{gib(c['vmhwm_kb']):.2f} GiB, {c['wall_s']:.0f} s, {c['families']} families found (the planted "
+                   f"trigger is token id {TRIGGER}, which real text tokenized this way does not contain)"
                    if "error" not in c else f"- `smooth-quant` analysis recipe failed: `{c['error'][-500:]}`"),
                   ""]
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
