@@ -111,10 +111,11 @@ def resolve_source(name: str) -> tuple[str, dict]:
     return "hub", {"pretrained_model_name_or_path": name}
 
 
-def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu",
-               trust_remote_code: bool = False, revision: str | None = None) -> LoadedModel:
-    """Load model and tokenizer. Fails before reading weights when the architecture is unsupported."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def _source_and_config(name: str, dtype: str, device: str, trust_remote_code: bool, revision: str | None
+                       ) -> tuple[str, dict, dict, object]:
+    """What load_model and open_streamed check before reading any weight: dtype, device, where the model is,
+    its config, and a supported architecture. -> (kind, from_pretrained kwargs, common kwargs, config)."""
+    from transformers import AutoConfig
 
     if dtype not in DTYPES:
         raise SmoothQuantError(f"dtype '{dtype}' is not supported; use one of {', '.join(DTYPES)}.")
@@ -130,6 +131,15 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
         raise SmoothQuantError(f"could not load the config of '{name}': {e}. Offline? Use `model: default` "
                                f"(embedded SmolLM2) or a local folder / .gguf file.") from None
     adapter_for(config)  # unsupported architecture: fail now, not after loading gigabytes
+    return kind, kw, common, config
+
+
+def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu",
+               trust_remote_code: bool = False, revision: str | None = None) -> LoadedModel:
+    """Load model and tokenizer. Fails before reading weights when the architecture is unsupported."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kind, kw, common, config = _source_and_config(name, dtype, device, trust_remote_code, revision)
     log.info("loading %s (%s, %s) on %s", name, kind, dtype, device)
     method = quantization_config(config).get("quant_method")
     if kind == "folder" and method in QUANTIZED_LOADERS:  # GPTQ / compressed-tensors: unpacked to float here
@@ -162,21 +172,15 @@ def open_streamed(name: str, *, dtype: str = "float32", device: str = "cpu", tru
     """`name` as a model to stream (LoadedModel with model=None, `streamed` set), or None when it must be
     loaded whole: a hub id or GGUF file (not a local safetensors folder), remote code, a quantized
     checkpoint (a format reader unpacks it) or an export whose runtime hooks or A8 quantizers re-attach."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    kind, kw = resolve_source(name)
-    if kind != "folder" or trust_remote_code:
+    if trust_remote_code or resolve_source(name)[0] != "folder":  # a hub id is not read for its config here
         return None
+    kind, kw, _, config = _source_and_config(name, dtype, device, trust_remote_code, revision)
     folder = Path(kw["pretrained_model_name_or_path"])
-    try:
-        config = AutoConfig.from_pretrained(folder)
-    except OSError as e:
-        raise SmoothQuantError(f"could not load the config of '{name}': {e}.") from None
-    adapter_for(config)
     if quantization_config(config) or any(applies(folder) for applies in FOLDER_SIDECARS) or \
             not any(folder.glob("*.safetensors")):
         return None
-    check_device(device)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     prov = {**provenance(name, kind, kw, config, dtype, revision), "weights": "streamed, one decoder layer at a time"}
     loaded = LoadedModel(None, tokenizer, prov)

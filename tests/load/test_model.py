@@ -42,3 +42,16 @@ def test_missing_paths_and_bad_dtype(tmp_path):
     with pytest.raises(SmoothQuantError, match="dtype 'int8' is not supported"):
         load_model("default", dtype="int8")
     assert resolve_source("HuggingFaceTB/SmolLM2-135M")[0] == "hub"
+
+
+def test_open_streamed_refuses_a_bad_dtype_or_device_like_load_model(tmp_path):
+    # regression: open_streamed raised a bare ValueError / KeyError for these
+    from planting import save_tiny
+    from smooth_then_quant.load import open_streamed
+
+    save_tiny(tmp_path / "m", "llama")
+    assert open_streamed(str(tmp_path / "m")).streamed is not None
+    with pytest.raises(SmoothQuantError, match="device 'zzz': not a device"):
+        open_streamed(str(tmp_path / "m"), device="zzz")
+    with pytest.raises(SmoothQuantError, match="dtype 'int3' is not supported"):
+        open_streamed(str(tmp_path / "m"), dtype="int3")
