@@ -1,11 +1,12 @@
-"""Benchmark: the streamed analysis (one decoder layer resident) against the in-memory one, and on models
-far larger than the in-memory path could hold.
+"""Benchmark: the layer-streamed engine against the whole model in memory, and on models far larger than memory.
 
-    .venv/bin/python bench/streaming.py                      # SmolLM2 both ways + Llama-3-8B-shaped, streamed
-    .venv/bin/python bench/streaming.py --skip-big           # SmolLM2 only (~2 min)
+    .venv/bin/python bench/streaming.py                       # everything below (~2 h on 2 cores)
+    .venv/bin/python bench/streaming.py --only quickstart     # the quickstart both ways (~15 min)
+    .venv/bin/python bench/streaming.py --only full           # the Llama-3.2-3B-shaped full run
+    .venv/bin/python bench/streaming.py --only analysis       # SmolLM2 both ways + the Llama-3-8B-shaped analysis
 
 Each measurement runs in its own process; peak RSS is that process's VmHWM, wall time its whole run
-(imports, load, analysis). The big models are public configs' shapes with random bfloat16 weights and a
+(imports, load, everything). The big models are public configs' shapes with random bfloat16 weights and a
 planted massive-activation family (the test models' recipe, at scale), written by this script as sharded
 safetensors under --work (default /tmp/stq-bench, never committed) and reused when already there.
 Writes bench/results/streaming.md.
@@ -136,28 +137,36 @@ def write_random_checkpoint(name: str, folder: Path) -> Path:
 CLI = """
 import sys
 from smooth_then_quant.cli import main
-code = main([sys.argv[1], "-q"])
+code = main(sys.argv[1:])
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
 print("VMHWM_KB", int(hwm.split()[1]))
 sys.exit(code)
 """
 
 
-def run_cli(folder: Path, work: Path, samples: int, seq_len: int) -> dict:
-    """`smooth-quant` on an analysis recipe for `folder` (stage analyze streams a local float checkpoint)."""
-    recipe = work / f"analyze-{folder.name}.yaml"
-    out = work / f"run-{folder.name}"
-    recipe.write_text(f"stage: analyze\nmodel: {folder}\ncalibration: {{samples: {samples}, seq_len: {seq_len}}}\n"
-                      f"output_dir: {out}\noverwrite: true\n")
+def run_recipe(recipe: Path, *overrides: str) -> dict:
+    """`smooth-quant RECIPE -q --set ...` in its own process -> wall time, VmHWM, report.json, output folder."""
+    sets = [a for kv in overrides for a in ("--set", kv)]
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CLI, str(recipe)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", CLI, str(recipe), "-q", *sets], capture_output=True, text=True)
     wall = time.perf_counter() - t0
     kb = next((int(ln.split()[1]) for ln in proc.stdout.splitlines() if ln.startswith("VMHWM_KB")), None)
+    out = Path(next(kv.split("=", 1)[1] for kv in overrides if kv.startswith("output_dir=")))
     if proc.returncode or kb is None:
         return {"error": proc.stderr[-1500:], "wall_s": wall}
-    report = json.loads((out / "report.json").read_text())
-    return {"wall_s": wall, "vmhwm_kb": kb, "weights": report["model"].get("weights", "loaded whole"),
-            "families": len(report["analysis"]["massive_families"])}
+    return {"wall_s": wall, "vmhwm_kb": kb, "report": json.loads((out / "report.json").read_text()), "out": out}
+
+
+def run_cli(folder: Path, work: Path, samples: int, seq_len: int) -> dict:
+    """`smooth-quant` on an analysis recipe for `folder`."""
+    recipe = work / f"analyze-{folder.name}.yaml"
+    recipe.write_text(f"stage: analyze\nmodel: {folder}\ncalibration: {{samples: {samples}, seq_len: {seq_len}}}\n"
+                      "overwrite: true\noutput_dir: unused\n")
+    r = run_recipe(recipe, f"output_dir={work / f'run-{folder.name}'}")
+    if "error" in r:
+        return r
+    return {**r, "weights": r["report"]["model"].get("weights", "loaded whole"),
+            "families": len(r["report"]["analysis"]["massive_families"])}
 
 
 def run(mode: str, folder: Path, samples: int, seq_len: int, vocab: int) -> dict:
@@ -176,34 +185,128 @@ def gib(kb: int) -> float:
     return kb / 1024**2
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", default="/tmp/stq-bench")
-    ap.add_argument("--skip-big", action="store_true")
-    ap.add_argument("--big", nargs="+", default=["llama-3-8b"], choices=list(SHAPES))
-    ap.add_argument("--out", default=str(HERE / "results" / "streaming.md"))
-    args = ap.parse_args()
-    work = Path(args.work)
-    lines = ["# Streamed analysis: one decoder layer resident", "",
-             "Command: `python bench/streaming.py" + (" --skip-big" if args.skip_big else "")
-             + (f" --big {' '.join(args.big)}" if args.big != ["llama-3-8b"] else "") + "`  ",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-             f"{time.strftime('%Y-%m-%d')}. Each row is one process; peak RSS is its VmHWM (imports included: "
-             "Python + torch + transformers alone take about 0.4 GiB); wall time is the whole process.", ""]
+def _tensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
 
-    # SmolLM2: the same analysis both ways, from a safetensors copy of the embedded model
-    smol = work / "smollm2"
-    if not (smol / "config.json").is_file():
-        from smooth_then_quant.load import load_model
-        loaded = load_model("default")
-        loaded.model.save_pretrained(smol)
-        loaded.tokenizer.save_pretrained(smol)
-        del loaded
+
+def _ppl_rows(report: dict) -> dict:
+    return {(r["scheme"], r["state"]): r["ppl"]["offline"] for r in report["quantization"]["rows"]}
+
+
+def section_quickstart(work: Path) -> list[str]:
+    """recipes/quickstart.yaml streamed (the default) and whole (load.stream=false), one after the other."""
+    recipe = HERE.parent / "recipes" / "quickstart.yaml"
+    fp32 = 538_164_480  # SmolLM2-135M in float32 (134.5 M parameters x 4 bytes)
+    runs = {mode: run_recipe(recipe, f"load.stream={'true' if mode == 'streamed' else 'false'}",
+                             f"output_dir={work / f'quickstart-{mode}'}", "overwrite=true")
+            for mode in ("whole", "streamed")}
+    lines = ["## Quickstart on SmolLM2 (`recipes/quickstart.yaml`): streamed vs the model held whole", "",
+             "Each path in its own process, one after the other on the same machine: `smooth-quant "
+             "recipes/quickstart.yaml -q --set load.stream=true|false`. The float32 model is 0.50 GiB.", "",
+             "| path | wall time | peak RSS | × the float32 model | weights |", "|---|---|---|---|---|"]
+    for mode, r in runs.items():
+        if "error" in r:
+            lines.append(f"| {mode} | failed: `{r['error'][-300:]}` | | | |")
+            continue
+        lines.append(f"| {mode} | {r['wall_s'] / 60:.1f} min | {gib(r['vmhwm_kb']):.2f} GiB | "
+                     f"{r['vmhwm_kb'] * 1024 / fp32:.2f}× | {r['report']['model'].get('weights', 'loaded whole')} |")
+    if any("error" in r for r in runs.values()):
+        return lines + [""]
+    w, s = runs["whole"], runs["streamed"]
+    pw, ps = _ppl_rows(w["report"]), _ppl_rows(s["report"])
+    worst = max(abs(ps[k] / pw[k] - 1) for k in pw)
+    lines += ["", "| cell | whole | streamed |", "|---|---|---|"]
+    lines += [f"| {sc} {st} | {pw[(sc, st)]:.8f} | {ps[(sc, st)]:.8f} |" for sc, st in pw]
+    same = {}
+    for sub in ("model", "quantized"):
+        ta, tb = _tensors(w["out"] / sub), _tensors(s["out"] / sub)
+        same[sub] = ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    lines += ["", f"- largest relative perplexity difference: {worst:.2e}",
+              f"- smoothing plan identical: {'yes' if w['report']['smoothing']['plan'] == s['report']['smoothing']['plan'] else '**NO**'}",
+              f"- exported tensors bit-identical: model/ {'yes' if same['model'] else '**NO**'}, quantized/ "
+              f"{'yes' if same['quantized'] else '**NO**'}",
+              f"- wall time streamed / whole: {s['wall_s'] / w['wall_s']:.2f}×; peak RSS streamed / whole: "
+              f"{s['vmhwm_kb'] / w['vmhwm_kb']:.2f}×", ""]
+    return lines
+
+
+FULL_RECIPE = """\
+model: {folder}
+load: {{dtype: bfloat16}}
+calibration: {{data: {text}, samples: 8, seq_len: 256, batch_size: 4}}
+analysis: {{plots: true}}
+smoothing:
+  enabled: true
+  migrate: {{norm: smoothquant, down: true, alpha: search, search_samples: 2,
+            target: {{weight_bits: 4, group_size: 128, act_bits: 8, act_granularity: per_tensor}}}}
+quantization:
+  enabled: true
+  compare: [baseline, smoothed]
+  schemes:
+    W4A16: {{weights: {{method: gptq, bits: 4, group_size: 128}}}}
+    W4A8: {{weights: {{method: gptq, bits: 4, group_size: 128}}, activations: {{bits: 8, granularity: per_tensor}}}}
+evaluation: {{datasets: [{text}], seq_len: 256, max_windows: 8, per_intervention: false, evidence_samples: 4}}
+export: {{model: false, quantized: {{scheme: W4A16, state: smoothed, format: gptq}}}}
+output_dir: unused
+"""
+
+
+def trigger_text(work: Path, tokenizer_folder: Path) -> Path:
+    """The offline text with the planted trigger token (id TRIGGER of SmolLM2's tokenizer) opening every
+    paragraph, so real calibration windows of the big random model contain the massive activation."""
+    from transformers import AutoTokenizer
+
+    from smooth_then_quant.load import load_text
+    path = work / "trigger-text.txt"
+    if not path.is_file():
+        token = AutoTokenizer.from_pretrained(tokenizer_folder).convert_ids_to_tokens(TRIGGER)
+        text = load_text("offline", "calibration").text
+        text = text if isinstance(text, str) else "\n\n".join(text)
+        path.write_text("\n\n".join(f"{token} {p}" for p in text.split("\n\n") if p.strip()), encoding="utf-8")
+    return path
+
+
+def section_full(name: str, work: Path, smol: Path) -> list[str]:
+    folder = write_random_checkpoint(name, work / name)
+    if not (folder / "tokenizer.json").is_file():  # SmolLM2's tokenizer (49k ids < the vocabulary)
+        from transformers import AutoTokenizer
+        AutoTokenizer.from_pretrained(smol).save_pretrained(folder)
+    size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    params = size // 2
+    recipe = work / f"full-{name}.yaml"
+    recipe.write_text(FULL_RECIPE.format(folder=folder, text=trigger_text(work, smol)))
+    r = run_recipe(recipe, f"output_dir={work / f'full-{name}-out'}", "overwrite=true")
+    lines = [f"## {name}-shaped, random bfloat16 weights: analyze → smooth → GPTQ W4A16 and W4A8 on "
+             "{baseline, smoothed} → perplexity → export", "",
+             f"Command (inside this script): `smooth-quant {recipe.name}` with the recipe below; "
+             f"{params / 1e9:.2f} B parameters, checkpoint {size / 1024**3:.1f} GiB (bf16), float32 size "
+             f"{params * 4 / 1024**3:.1f} GiB. 8 × 256 calibration windows and 8 evaluation windows of 256 tokens of "
+             "the offline text with the trigger token opening every paragraph.", ""]
+    if "error" in r:
+        return lines + [f"Failed after {r['wall_s'] / 60:.0f} min: `{r['error'][-800:]}`", ""]
+    rep = r["report"]
+    t = rep["timing"]
+    lines += [f"- peak RSS **{gib(r['vmhwm_kb']):.2f} GiB** ({r['vmhwm_kb'] * 1024 / (params * 4):.3f}× the float32 "
+              f"model), wall time {r['wall_s'] / 60:.0f} min (load {t.get('load_seconds')} s, probe "
+              f"{t.get('probe_seconds')} s, plan {t.get('plan_seconds')} s, quantization "
+              f"{t.get('quantization_seconds')} s)",
+              f"- weights: {rep['model'].get('weights')}",
+              f"- massive-activation families found: {len(rep['analysis']['massive_families'])}; plan: "
+              + "; ".join(f"{x['count']} {x['kind']}" for x in rep["smoothing"]["plan"]["summary"]),
+              f"- exported: {rep['export']}", "", "| cell | perplexity |", "|---|---|"]
+    lines += [f"| {sc} {st} | {v:.4f} |" for (sc, st), v in _ppl_rows(rep).items()]
+    lines += ["", "The weights are random, so these perplexities only say that every cell ran; the figure "
+              "that matters here is the memory.", "", "```yaml", recipe.read_text().rstrip(), "```", ""]
+    return lines
+
+
+def section_analysis(work: Path, smol: Path, big: list[str]) -> list[str]:
     fp32 = sum(f.stat().st_size for f in smol.glob("*.safetensors"))
     rows = [run(m, smol, 16, 512, 49152) for m in ("in-memory", "streamed")]
-    lines += ["## SmolLM2-135M (float32 safetensors, 16 × 512 calibration windows)", "",
-              "| path | analysis | whole process | peak RSS | × the float32 model | analysis digest |",
-              "|---|---|---|---|---|---|"]
+    lines = ["## Analysis alone: SmolLM2-135M (float32 safetensors, 16 × 512 calibration windows)", "",
+             "| path | analysis | whole process | peak RSS | × the float32 model | analysis digest |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['mode']} | failed: {r['error'][-300:]} | | | | |")
@@ -212,17 +315,16 @@ def main() -> None:
                      f"{r['vmhwm_kb'] * 1024 / fp32:.2f}× | `{r['digest'][:16]}` |")
     ok = all("digest" in r for r in rows) and rows[0]["digest"] == rows[1]["digest"]
     lines += ["", f"Same analysis (report.json's analysis section, hashed): {'yes' if ok else '**NO**'}.", ""]
-
-    for name in [] if args.skip_big else args.big:
+    for name in big:
         folder = write_random_checkpoint(name, work / name)
         size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
         params = size // 2
         r = run("streamed", folder, 4, 256, SHAPES[name]["vocab_size"])
-        lines += [f"## {name}-shaped, random bfloat16 weights, planted MA family (4 × 256 windows)", ""]
+        lines += [f"## Analysis alone: {name}-shaped, random bfloat16 weights, planted MA family (4 × 256 windows)", ""]
         if "error" in r:
             lines += [f"Failed: `{r['error'][-600:]}`", ""]
             continue
-        if not (folder / "tokenizer.json").is_file():  # the recipe tokenizes text: SmolLM2's tokenizer (49k ids < vocab)
+        if not (folder / "tokenizer.json").is_file():
             from transformers import AutoTokenizer
             AutoTokenizer.from_pretrained(smol).save_pretrained(folder)
         c = run_cli(folder, work, 4, 256)
@@ -234,9 +336,41 @@ def main() -> None:
                   (f"- `smooth-quant` on an analysis recipe for this folder (4 × 256 windows of the offline text, "
                    f"SmolLM2's tokenizer saved beside the weights, plots on): weights {c['weights']}, peak RSS "
                    f"{gib(c['vmhwm_kb']):.2f} GiB, {c['wall_s']:.0f} s, {c['families']} families found (the planted "
-                   f"trigger is token id {TRIGGER}, which real text tokenized this way does not contain)"
-                   if "error" not in c else f"- `smooth-quant` analysis recipe failed: `{c['error'][-500:]}`"),
-                  ""]
+                   f"trigger is token id {TRIGGER}, which the plain offline text does not contain)"
+                   if "error" not in c else f"- `smooth-quant` analysis recipe failed: `{c['error'][-500:]}`"), ""]
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="/tmp/stq-bench")
+    ap.add_argument("--only", nargs="+", choices=["quickstart", "full", "analysis"],
+                    default=["quickstart", "full", "analysis"])
+    ap.add_argument("--full-model", default="llama-3.2-3b", choices=list(SHAPES))
+    ap.add_argument("--big", nargs="+", default=["llama-3-8b"], choices=list(SHAPES))
+    ap.add_argument("--out", default=str(HERE / "results" / "streaming.md"))
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    lines = ["# The layer-streamed engine", "",
+             "Command: `python bench/streaming.py" + (f" --only {' '.join(args.only)}" if len(args.only) < 3 else "")
+             + "`  ",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+             f"{time.strftime('%Y-%m-%d')}. Each row is one process; peak RSS is its VmHWM (imports included: "
+             "Python + torch + transformers alone take about 0.4 GiB); wall time is the whole process.", ""]
+    smol = work / "smollm2"  # a safetensors copy of the embedded model
+    if not (smol / "config.json").is_file():
+        from smooth_then_quant.load import load_model
+        loaded = load_model("default")
+        loaded.model.save_pretrained(smol)
+        loaded.tokenizer.save_pretrained(smol)
+        del loaded
+    if "quickstart" in args.only:
+        lines += section_quickstart(work)
+    if "full" in args.only:
+        lines += section_full(args.full_model, work, smol)
+    if "analysis" in args.only:
+        lines += section_analysis(work, smol, args.big)
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 

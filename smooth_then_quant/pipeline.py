@@ -96,9 +96,13 @@ def run(recipe: Recipe) -> dict:
     with atomic_output_dir(out, recipe.overwrite) as tmp:
         state = Run(recipe, tmp)
         state.report["stages"] = [s.name for s in todo]
-        for stage in todo:
-            log.debug("stage %s", stage.name)
-            stage.run(state)
+        try:
+            for stage in todo:
+                log.debug("stage %s", stage.name)
+                stage.run(state)
+        finally:  # the streamed model's scratch (in the partial folder unless load.offload_dir) goes first
+            if state.loaded is not None and state.loaded.scratch is not None:
+                state.loaded.scratch.cleanup()
     log.info("outputs written to %s", out)
     summary = {"output_dir": str(out), "report": str(out / "report.md"), "stages": [s.name for s in todo],
                "plots": [str(out / p) for p in state.plots], **{k: str(out / v) for k, v in state.exported.items()}}

@@ -11,13 +11,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .detect import Analysis, analyze, analyze_checkpoint
+from .detect import Analysis, analyze
 from .evaluate import FP, PerplexityCache, degradation_rows
 from .evaluate.evidence import ppl_change, removed_share, state_evidence
-from .export import PLAN_FILE, QuantizedCheckpoint, quantized_checkpoint, save_smoothed, write_quantized
+from .export import PLAN_FILE, save_quantized, save_smoothed
+from .export.config import shard_bytes
 from .export.hub import push_folder
 from .io import write_json
-from .load import LoadedModel, calibration_windows, load_model, open_streamed
+from .load import LoadedModel, calibration_windows, load_model
 from .quantize import Scheme, detach_act_quant_, quantize_
 from .quantize.scheme import weight_key
 from .recipe import Recipe
@@ -59,7 +60,7 @@ class QuantizationResult:
     weights: dict[str, dict]  # "state / schemes" -> the weight quantization report
     evaluation: dict
     export: dict | None = None  # the exported cell: scheme, state, format
-    checkpoint: QuantizedCheckpoint | None = None  # its files, written by the export stage
+    written: bool = False  # the cell's checkpoint is in output_dir/quantized (written when it was measured)
 
     def to_dict(self) -> dict:
         return {"datasets": self.datasets, "rows": self.rows, "schemes": self.schemes, "states": self.states,
@@ -103,12 +104,29 @@ def describe_load(r: Recipe) -> list[str]:
                                                                        else "") + ")"]
 
 
+def whole_model_needed(r: Recipe) -> str | None:
+    """Why this recipe needs the model whole in memory (None: every step streams it layer by layer)."""
+    if r.stage != "analyze" and r.smoothing.enabled and any(iv.train is not None for iv in r.smoothing.active()):
+        return "the repair trains LoRA through the whole model"
+    if r.stage == "full" and r.quantization.enabled and r.quantization.gptq_backend != "builtin" and any(
+            sc.method == "gptq" for sc in r.quantization.schemes.values()):
+        return f"the {r.quantization.gptq_backend} GPTQ backend quantizes a whole model"
+    return None
+
+
 def run_load(run: Run) -> None:
-    """The whole model; for an analysis alone, a local float checkpoint is streamed instead (one layer resident)."""
+    """The model, streamed one decoder layer at a time unless load.stream is off or a step needs it whole.
+    Its scratch (a dequantized GGUF, GPTQ'd layers) goes inside the run's partial folder unless load.offload_dir
+    says otherwise, and is removed when the run ends, however it ends."""
     r, t0 = run.recipe, time.perf_counter()
-    kw = dict(dtype=r.load.dtype, device=r.load.device, trust_remote_code=r.load.trust_remote_code,
-              revision=r.load.revision)
-    run.loaded = (open_streamed(r.model, **kw) if r.stage == "analyze" else None) or load_model(r.model, **kw)
+    why = whole_model_needed(r) if r.load.stream else None
+    if why:
+        log.info("loading the model whole: %s", why)
+    run.loaded = load_model(r.model, dtype=r.load.dtype, device=r.load.device, trust_remote_code=r.load.trust_remote_code,
+                            revision=r.load.revision, stream=r.load.stream and why is None,
+                            offload_dir=r.load.offload_dir or str(run.out))
+    if why:
+        run.loaded.provenance["weights"] = f"loaded whole: {why}"
     run.timing["load_seconds"] = round(time.perf_counter() - t0, 2)
 
 
@@ -125,12 +143,7 @@ def run_analyze(run: Run) -> None:
     cal = r.calibration
     run.ids, data = calibration_windows(loaded.tokenizer, cal.data, cal.samples, cal.seq_len, cal.seed)
     t0 = time.perf_counter()
-    if loaded.streamed is not None:
-        s = loaded.streamed
-        run.analysis = analyze_checkpoint(s.folder, run.ids, r.analysis, batch_size=cal.batch_size, dtype=s.dtype,
-                                          device=s.device, hf_config=s.config)
-    else:
-        run.analysis = analyze(loaded.model, run.ids, r.analysis, batch_size=cal.batch_size)
+    run.analysis = analyze(loaded.model, run.ids, r.analysis, batch_size=cal.batch_size)
     run.timing["probe_seconds"] = round(time.perf_counter() - t0, 2)
     run.report.update({"tool": {"name": "smooth-then-quant", "version": __version__},
                        "recipe": r.model_dump(mode="json"), "model": loaded.provenance, "data": data,
@@ -249,7 +262,7 @@ def run_quantize(run: Run) -> None:
     by_weights: dict[tuple, list[Scheme]] = {}  # schemes sharing a weight config share one quantization
     for sc in schemes:
         by_weights.setdefault(weight_key(sc), []).append(sc)
-    ppl, weights, checkpoint = {}, {}, None
+    ppl, weights, written = {}, {}, False
     for state, c in states.items():
         ppl[(FP, state)] = {d: cache.perplexity(c.model, tok, d, ev, desc=f"FP {state}: {d}") for d in ev.datasets}
         for group in by_weights.values():
@@ -263,7 +276,10 @@ def run_quantize(run: Run) -> None:
                 ppl[(sc.name, state)] = {d: cache.perplexity(qm, tok, d, ev, state=repr(sc.activations),
                                                              desc=f"{sc.name} {state}: {d}") for d in ev.datasets}
                 if target is not None and (target.scheme, target.state) == (sc.name, state):
-                    checkpoint = quantized_checkpoint(qm, c.plan, target.format)  # written by the export stage
+                    log.info("writing the %s / %s checkpoint (%s format)", sc.name, state, target.format)
+                    save_quantized(qm, tok, run.out / "quantized", c.plan, target.format,
+                                   shard_bytes(r.export.max_shard_size))
+                    written = True
                 detach_act_quant_(qm)
             del qm
             gc.collect()
@@ -271,7 +287,7 @@ def run_quantize(run: Run) -> None:
         list(ev.datasets), degradation_rows(ppl, [sc.name for sc in schemes], list(states), ev.datasets),
         [_scheme_dict(sc, q.gptq_backend) for sc in schemes], {k: v.description for k, v in states.items()}, weights,
         {d: cache.windows(tok, d, ev)[1] for d in ev.datasets},
-        {"scheme": target.scheme, "state": target.state, "format": target.format} if target else None, checkpoint)
+        {"scheme": target.scheme, "state": target.state, "format": target.format} if target else None, written)
     run.report["quantization"] = run.quantization.to_dict()
     run.timing["quantization_seconds"] = round(time.perf_counter() - t0, 1)
     if r.analysis.plots:
@@ -302,13 +318,9 @@ def exports(r: Recipe, stages: set[str]) -> dict[str, str]:
 def run_export(run: Run) -> None:
     r, tok = run.recipe, run.loaded.tokenizer
     if r.export.model and run.smoothing:
-        save_smoothed(run.smoothing.model, tok, run.smoothing.plan, run.out / "model")
+        save_smoothed(run.smoothing.model, tok, run.smoothing.plan, run.out / "model", shard_bytes(r.export.max_shard_size))
         run.exported["model"] = "model/"
-    if r.export.quantized and run.quantization:
-        log.info("writing the %s / %s checkpoint (%s format)", r.export.quantized.scheme, r.export.quantized.state,
-                 r.export.quantized.format)
-        write_quantized(run.quantization.checkpoint, tok, run.out / "quantized")
-        run.quantization.checkpoint = None
+    if r.export.quantized and run.quantization and run.quantization.written:
         run.exported["quantized"] = "quantized/"
 
 

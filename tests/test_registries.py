@@ -14,7 +14,6 @@ from smooth_then_quant.cli import main
 from smooth_then_quant.errors import SmoothQuantError
 from smooth_then_quant.evaluate import evaluation_windows, perplexity
 from smooth_then_quant.export import ExportFormat, register_format, unregister_format
-from smooth_then_quant.export.formats.common import float_tensors
 from smooth_then_quant.load import load_model
 from smooth_then_quant.quantize import (GRANULARITIES, WEIGHT_METHODS, ActQuant, Granularity, GroupSize, Scheme,
                                         WeightMethod, WeightQuant, fake_quant_act, linear_modules, quantize_,
@@ -57,12 +56,8 @@ def _plan(ctx, cfg: ScaleNormConfig) -> None:
 
 
 # ---- a toy export format: the dequantized projections in float32 under their own key ----------------
-def _state_dict(model):
-    projections = dict(adapter_for(model).named_projections(model))
-    out = float_tensors(model, {f"{n}.weight" for n in projections})
-    for n, m in projections.items():
-        out[f"{n}.toy_weight"] = weight_view(m).detach().float().contiguous()
-    return out, {"quant_method": "toy-f32", "note": "dequantized projections"}
+def _projection_tensors(model, name, m, qc):
+    return {"toy_weight": weight_view(m).detach().float().cpu()}
 
 
 def _load_projections(model, tensors, qc, source):
@@ -92,7 +87,8 @@ def toys():
         name="toy_scale", config=ScaleNormConfig, items=(ScaleNorm,), plan=_plan, order=40,
         describe=lambda cfg: [f"toy: scale the attention norm by 1/{cfg.factor} (exact)"]))
     register_format(ExportFormat(
-        name="toy-f32", quant_method="toy-f32", state_dict=_state_dict, load_projections=_load_projections,
+        name="toy-f32", quant_method="toy-f32", projection_tensors=_projection_tensors, load_projections=_load_projections,
+        quantization_config=lambda model: {"quant_method": "toy-f32", "note": "dequantized projections"},
         refuses=lambda scheme: None if scheme["weights"]["bits"] == 4 else "with bits other than 4 (toy)",
         how_to_load=lambda w, a8: ["Toy format: load it with `smooth_then_quant.load_model`.", ""]))
     register_weight_method(WeightMethod("toy_half_group", HalfGroupRTN, _half_group))

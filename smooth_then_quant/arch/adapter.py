@@ -116,6 +116,7 @@ class ArchAdapter:
     # W_fc, so no exact y6 migration exists (GPT-2).
     mlp_linear_in: Proj | None = None
     post_norms: tuple[str, ...] = ()  # norms applied to a branch output before the residual add
+    final_norm: str = "norm"  # the norm after the last decoder layer, from model.base_model
     notes: str = ""
     flow: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 

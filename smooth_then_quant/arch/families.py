@@ -87,6 +87,7 @@ GPT2 = ArchAdapter(
     mlp_out=Proj("mlp.c_proj", transposed=True),
     massive_point="y4",
     mlp_out_point="y5",
+    final_norm="ln_f",
     flow={**ATTENTION_FLOW, **PLAIN_MLP_FLOW},
     notes="LayerNorm with β; Conv1D weights stored [in, out]; fused c_attn holds q|k|v; "
           "plain GELU MLP, so the paper's Figure 2(d) points y1..y5 (TMAs at y4).",

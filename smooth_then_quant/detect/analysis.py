@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from ..arch import adapter_for
+from ..arch import adapter_for, resident
+from ..load.stream import streamed_model
 from ..probe import MassiveRule, ProbeConfig, ProbeResult, probe_model
 from ..schema import Config
 from .channels import ChannelRule, channel_outliers, gamma_outliers
@@ -117,15 +119,28 @@ def assemble(result: ProbeResult, config: AnalysisConfig, per_layer: list[tuple[
 
 
 def detect_outliers(result: ProbeResult, model: nn.Module, config: AnalysisConfig = AnalysisConfig()) -> Analysis:
-    """Run every detector over finished probe statistics (no forward pass)."""
-    layers = result.adapter.decoder_layers(model)
-    return assemble(result, config, [layer_weight_outliers(li, layer, result, config.channel)
-                                     for li, layer in enumerate(layers)])
+    """Run every detector over finished probe statistics (no forward pass; a streamed model's layers are read)."""
+    per_layer = []
+    for li in range(result.num_layers):
+        with resident(model, li) as layer:
+            per_layer.append(layer_weight_outliers(li, layer, result, config.channel))
+    return assemble(result, config, per_layer)
 
 
 def analyze(model: nn.Module, input_ids: torch.Tensor, config: AnalysisConfig = AnalysisConfig(), batch_size: int = 4
             ) -> Analysis:
-    """Probe `model` on input_ids: [samples, seq_len] and detect MAs, channel outliers, γ outliers, OTCs."""
+    """Probe `model` on input_ids: [samples, seq_len] and detect MAs, channel outliers, γ outliers, OTCs. The
+    weight-based detectors run on each layer while the probe has it resident (a streamed model reads it once)."""
     adapter_for(model)  # fail before the pass on an unsupported architecture
     probe = ProbeConfig(batch_size=batch_size, top_k=config.top_k, massive=config.massive)
-    return detect_outliers(probe_model(model, input_ids, probe), model, config)
+    per_layer = []
+    result = probe_model(model, input_ids, probe, after_layer=lambda li, layer, partial: per_layer.append(
+        layer_weight_outliers(li, layer, partial, config.channel)))
+    return assemble(result, config, per_layer)
+
+
+def analyze_checkpoint(folder: str | Path, input_ids: torch.Tensor, config: AnalysisConfig = AnalysisConfig(),
+                       batch_size: int = 4, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                       hf_config=None) -> Analysis:
+    """`analyze` on the checkpoint in `folder` without loading it: one decoder layer resident at a time."""
+    return analyze(streamed_model(folder, dtype, device, hf_config), input_ids, config, batch_size)

@@ -6,6 +6,7 @@ re-attaches them. Writes go to a temporary folder renamed when complete.
 """
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -13,16 +14,31 @@ from torch import nn
 
 from ..io import atomic_output_dir
 from ..smooth.plan import SmoothingPlan
+from .formats.common import write_weights, model_tensors
 
 log = logging.getLogger(__name__)
 PLAN_FILE = "smoothing_plan.json"
+MAX_SHARD_BYTES = 5 * 10**9  # transformers' save_pretrained default (5GB); export.max_shard_size
 
 
-def save_smoothed(model: nn.Module, tokenizer, plan: SmoothingPlan, folder: Path) -> Path:
-    """Write into an existing (temporary) folder."""
+def save_config(model: nn.Module, folder: Path, **changes) -> None:
+    """config.json (as save_pretrained writes it: the class in `architectures`) and generation_config.json."""
+    config = copy.deepcopy(model.config)
+    config.architectures = [type(model).__name__]
+    for k, v in changes.items():
+        setattr(config, k, v)
+    config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(folder)
+
+
+def save_smoothed(model: nn.Module, tokenizer, plan: SmoothingPlan, folder: Path,
+                  max_shard_size: int = MAX_SHARD_BYTES) -> Path:
+    """Write into an existing (temporary) folder, layer by layer (a streamed model is never whole)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
+    write_weights(model_tensors(model), folder, max_shard_size)
+    save_config(model, folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     plan.save(folder / PLAN_FILE)
@@ -34,9 +50,9 @@ def save_smoothed(model: nn.Module, tokenizer, plan: SmoothingPlan, folder: Path
 
 
 def export_smoothed(model: nn.Module, tokenizer, plan: SmoothingPlan, path: str | Path,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, max_shard_size: int = MAX_SHARD_BYTES) -> Path:
     """Atomic export to `path` (refused if it exists and is not empty, unless overwrite)."""
     path = Path(path)
     with atomic_output_dir(path, overwrite) as tmp:
-        save_smoothed(model, tokenizer, plan, tmp)
+        save_smoothed(model, tokenizer, plan, tmp, max_shard_size)
     return path

@@ -23,11 +23,31 @@ class QuantizedExportConfig(Config):
         return v
 
 
+def shard_bytes(size: str) -> int:
+    """'5GB' / '500MB' / '2GiB' -> bytes (transformers' own parser, as save_pretrained(max_shard_size=...))."""
+    from transformers.utils.hub import convert_file_size_to_int
+
+    try:
+        n = convert_file_size_to_int(size)
+    except (ValueError, TypeError):
+        raise ValueError("not a size; write it like 5GB, 500MB or 2GiB") from None
+    if n < 1:
+        raise ValueError("must be at least one byte")
+    return n
+
+
 class ExportConfig(Config):
     model: bool = True  # write the smoothed float checkpoint to output_dir/model
     quantized: QuantizedExportConfig | None = None  # None: no quantized checkpoint
     push_to_hub: str | None = None  # a Hub repo id (user/name); token from HF_TOKEN or `hf auth login`
     private: bool = True  # a new Hub repo is private unless this is false
+    max_shard_size: str = "5GB"  # safetensors shards of at most this size (and an index), as save_pretrained
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        shard_bytes(v)
+        return v
 
     @field_validator("push_to_hub")
     @classmethod

@@ -2,6 +2,7 @@
 (`calibration:`)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -47,8 +48,18 @@ class LoadConfig(Config):
     device: str = "cpu"  # cpu | cuda | cuda:N | mps: where the model (or its working layer) computes
     trust_remote_code: bool = False
     revision: str | None = None
+    stream: bool = True  # read one decoder layer at a time when a step needs it (false: load the model whole)
+    offload_dir: str | None = None  # scratch for a dequantized GGUF and the layers a step changed (GPTQ); removed
+    # at the end of the run however it ends. None: the system temporary folder (a run: inside its output's partial folder)
 
     _device = field_validator("device")(classmethod(lambda cls, v: check_device(v)))
+
+    @field_validator("offload_dir")
+    @classmethod
+    def _existing(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).expanduser().is_dir():
+            raise ValueError("not an existing folder; create it first (the run makes and removes its own subfolder)")
+        return v
 
 
 class CalibrationConfig(Config):

@@ -78,6 +78,11 @@ class Checkpoint:
         with safe_open(str(self.folder / self.where[key]), "pt") as st:
             return st.get_tensor(key).to(dtype)
 
+    def row_range(self, key: str, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        """Rows start:stop of a 2-D tensor (only those are read)."""
+        with safe_open(str(self.folder / self.where[key]), "pt") as st:
+            return st.get_slice(key)[start:stop].to(dtype)
+
     def rows(self, key: str, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """rows ids (any shape, int) of a 2-D tensor -> [*ids.shape, width], reading ROW_CHUNK rows at a time."""
         flat = ids.reshape(-1).long()
@@ -101,6 +106,7 @@ def skeleton(config, dtype: torch.dtype) -> nn.Module:
 
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # tied lm_head / embedding: one parameter, as from_pretrained leaves it
     return model.eval()
 
 

@@ -13,7 +13,9 @@ from safetensors import safe_open
 
 from ..arch import adapter_for
 from ..errors import SmoothQuantError
+from ..io import Scratch
 from .config import check_device
+from .stream import gguf_to_safetensors, streamed_model
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +69,10 @@ def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module | None  # None: streamed (see `streamed`)
+    model: torch.nn.Module  # resident, or streamed (arch.is_streamed: its layers are read when needed)
     tokenizer: object
     provenance: dict
-    streamed: object = None  # StreamedModel
+    scratch: Scratch | None = None  # a streamed model's scratch folder (removed with it, or by scratch.cleanup())
 
 
 def default_model_path() -> Path:
@@ -113,7 +115,7 @@ def resolve_source(name: str) -> tuple[str, dict]:
 
 def _source_and_config(name: str, dtype: str, device: str, trust_remote_code: bool, revision: str | None
                        ) -> tuple[str, dict, dict, object]:
-    """What load_model and open_streamed check before reading any weight: dtype, device, where the model is,
+    """What load_model checks before reading any weight: dtype, device, where the model is,
     its config, and a supported architecture. -> (kind, from_pretrained kwargs, common kwargs, config)."""
     from transformers import AutoConfig
 
@@ -135,12 +137,30 @@ def _source_and_config(name: str, dtype: str, device: str, trust_remote_code: bo
 
 
 def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu",
-               trust_remote_code: bool = False, revision: str | None = None) -> LoadedModel:
-    """Load model and tokenizer. Fails before reading weights when the architecture is unsupported."""
+               trust_remote_code: bool = False, revision: str | None = None, stream: bool = False,
+               offload_dir: str | None = None) -> LoadedModel:
+    """Load model and tokenizer. Fails before reading weights when the architecture is unsupported.
+
+    stream: read the weights one decoder layer at a time when a step needs them (load/stream.py), so a model
+    larger than memory runs; a GGUF file is first dequantized tensor by tensor into a safetensors folder under
+    `offload_dir` (default: the system temporary folder), removed with the model. Checkpoints that cannot
+    stream (remote code, a quantized export a format reader unpacks, an export whose runtime hooks or A8
+    quantizers re-attach) are loaded whole, and the provenance says so."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kind, kw, common, config = _source_and_config(name, dtype, device, trust_remote_code, revision)
-    log.info("loading %s (%s, %s) on %s", name, kind, dtype, device)
+    prov = provenance(name, kind, kw, config, dtype, revision)
+    why_whole = _why_whole(kind, kw, config, trust_remote_code) if stream else "load.stream is off"
+    if why_whole is None:
+        tokenizer = AutoTokenizer.from_pretrained(**kw, **common)
+        scratch = Scratch(offload_dir)
+        folder = _stream_folder(kind, kw, config, DTYPES[dtype], scratch, revision)
+        model = streamed_model(folder, DTYPES[dtype], device, config, scratch)
+        prov["weights"] = "streamed, one decoder layer at a time" + (
+            " (the GGUF file dequantized tensor by tensor into a temporary safetensors folder)" if kind == "gguf" else "")
+        log.info("streaming %s (%s, %s) on %s", name, kind, dtype, device)
+        return LoadedModel(model, tokenizer, prov, scratch)
+    log.info("loading %s whole (%s, %s) on %s%s", name, kind, dtype, device, "" if not stream else f": {why_whole}")
     method = quantization_config(config).get("quant_method")
     if kind == "folder" and method in QUANTIZED_LOADERS:  # GPTQ / compressed-tensors: unpacked to float here
         model = QUANTIZED_LOADERS[method](Path(kw["pretrained_model_name_or_path"]), config, DTYPES[dtype])
@@ -150,7 +170,8 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
     if kind == "gguf":
         drop_gguf_marker_(model)
     model.to(device).eval()
-    prov = provenance(name, kind, kw, config, dtype, revision)
+    if stream:
+        prov["weights"] = f"loaded whole: {why_whole}"
     if kind == "folder":
         folder = Path(kw["pretrained_model_name_or_path"])
         for _, hook in FOLDER_HOOKS:  # runtime smoothing, then A8 (which must see the smoothed input)
@@ -158,34 +179,38 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
     return LoadedModel(model, tokenizer, prov)
 
 
-@dataclass
-class StreamedModel:
-    """A model read layer by layer from its safetensors folder: nothing but the config is loaded here."""
-    folder: Path
-    config: object
-    dtype: torch.dtype
-    device: str
+def _why_whole(kind: str, kw: dict, config, trust_remote_code: bool) -> str | None:
+    """Why this checkpoint cannot stream (None: it can)."""
+    if trust_remote_code:
+        return "remote code defines its own modules"
+    if kind == "folder":
+        folder = Path(kw["pretrained_model_name_or_path"])
+        if quantization_config(config):
+            return "a quantized checkpoint is unpacked whole by its format reader"
+        if any(applies(folder) for applies in FOLDER_SIDECARS):
+            return "an export whose runtime interventions or A8 quantizers are re-attached"
+        if not any(folder.glob("*.safetensors")):
+            return "the folder has no .safetensors weights (pickled weights are never read)"
+    return None
 
 
-def open_streamed(name: str, *, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
-                  revision: str | None = None) -> LoadedModel | None:
-    """`name` as a model to stream (LoadedModel with model=None, `streamed` set), or None when it must be
-    loaded whole: a hub id or GGUF file (not a local safetensors folder), remote code, a quantized
-    checkpoint (a format reader unpacks it) or an export whose runtime hooks or A8 quantizers re-attach."""
-    from transformers import AutoTokenizer
+def _stream_folder(kind: str, kw: dict, config, dtype: torch.dtype, scratch: Scratch, revision: str | None) -> Path:
+    """The safetensors folder to stream from: the folder itself, a GGUF file dequantized into the scratch folder,
+    or a hub id's snapshot (its safetensors and json files, from the local cache or downloaded)."""
+    if kind == "folder":
+        return Path(kw["pretrained_model_name_or_path"])
+    if kind == "gguf":
+        folder = scratch.path / "gguf-dequantized"
+        return gguf_to_safetensors(Path(kw["pretrained_model_name_or_path"]) / kw["gguf_file"], config, folder, dtype)
+    from huggingface_hub import snapshot_download
 
-    if trust_remote_code or resolve_source(name)[0] != "folder":  # a hub id is not read for its config here
-        return None
-    kind, kw, _, config = _source_and_config(name, dtype, device, trust_remote_code, revision)
-    folder = Path(kw["pretrained_model_name_or_path"])
-    if quantization_config(config) or any(applies(folder) for applies in FOLDER_SIDECARS) or \
-            not any(folder.glob("*.safetensors")):
-        return None
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    prov = {**provenance(name, kind, kw, config, dtype, revision), "weights": "streamed, one decoder layer at a time"}
-    loaded = LoadedModel(None, tokenizer, prov)
-    loaded.streamed = StreamedModel(folder, config, DTYPES[dtype], device)
-    return loaded
+    try:
+        return Path(snapshot_download(kw["pretrained_model_name_or_path"], revision=revision,
+                                      allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as e:  # offline, gated, missing: the hub client raises many kinds
+        raise SmoothQuantError(f"could not fetch the weights of '{kw['pretrained_model_name_or_path']}': "
+                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Offline? Use a local "
+                               "folder or .gguf file.") from None
 
 
 def drop_gguf_marker_(model: torch.nn.Module) -> None:

@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from pydantic import Field
 
-from ..arch import ArchAdapter, adapter_for, take_part
-from ..progress import bar
+from ..arch import ArchAdapter, adapter_for, take_part, walk
 from ..schema import Config
-from .stats import PointAccumulator, PointStats, release_workspace, trim_heap
+from .stats import PointAccumulator, PointStats, release_workspace
 
 
 class MassiveRule(Config):
@@ -121,18 +120,23 @@ class Recorder:
 
 
 @torch.inference_mode()
-def probe_model(model: nn.Module, input_ids: torch.Tensor, config: ProbeConfig = ProbeConfig()) -> ProbeResult:
-    """Run the calibration windows input_ids: [samples, seq_len] through the model, gathering
-    streaming statistics at every (layer, point). Memory stays bounded in the number of samples."""
+def probe_model(model: nn.Module, input_ids: torch.Tensor, config: ProbeConfig = ProbeConfig(),
+                after_layer: Callable[[int, nn.Module, ProbeResult], None] | None = None) -> ProbeResult:
+    """Run the calibration windows input_ids: [samples, seq_len] through the model layer by layer, gathering
+    streaming statistics at every (layer, point); `after_layer(li, layer, result so far)` runs while each layer
+    is resident (the weight-based detectors). Memory stays bounded in the number of samples."""
     adapter = adapter_for(model)
     layers = adapter.decoder_layers(model)
-    device = next(model.parameters()).device
     record = Recorder(config)
+    partial = ProbeResult(adapter, len(layers), *input_ids.shape, record.stats, config)
+
+    def done(li, layer):
+        record.finalize(li)
+        if after_layer is not None:
+            after_layer(li, layer, partial)
+
     with hooks_at_points(model, adapter, record):
-        for s in bar(range(0, input_ids.shape[0], config.batch_size), desc="probe: calibration pass", unit="batch"):
-            ids = input_ids[s: s + config.batch_size]
-            record.running(s, ids)
-            model.base_model(input_ids=ids.to(device), use_cache=False)
-            trim_heap()
+        walk(model, input_ids, config.batch_size, before_batch=record.running, after_layer=done,
+             desc="probe: layers")
     release_workspace()
     return record.result(adapter, len(layers), input_ids)

@@ -18,9 +18,6 @@ pass (bench/results/analysis_pass.md).
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -77,20 +74,6 @@ def _workspace(shape: torch.Size) -> torch.Tensor:
 
 def release_workspace() -> None:
     _WORKSPACE.clear()
-
-
-def trim_heap() -> None:
-    """Hand memory freed during a batch back to the OS (glibc malloc_trim; no-op elsewhere),
-    so the probe's resident memory does not ratchet up batch after batch."""
-    try:
-        _libc().malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-@functools.lru_cache(maxsize=1)
-def _libc():
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 @dataclass

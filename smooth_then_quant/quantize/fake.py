@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..arch import adapter_for, model_device
-from ..progress import bar
+from ..arch import adapter_for, resident, walk
 from .grid import rtn_grid, snap_
 from .rtn import ActQuant, WeightQuant, fake_quant_act, fake_quant_weight
 
@@ -35,11 +34,14 @@ def weight_view(module: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def rtn_weights_(model: nn.Module, q: WeightQuant) -> None:
-    for _, m in linear_modules(model):
-        w = weight_view(m)
-        grid = rtn_grid(w, q.bits, q.group_size, q.symmetric)
-        w.copy_(fake_quant_weight(w, q))
-        snap_(m, w, grid)  # float16 scales, as the exported checkpoint stores them
+    adapter = adapter_for(model)
+    for li in range(len(adapter.decoder_layers(model))):
+        with resident(model, li, keep=True):  # a streamed model keeps the rounded layer for its later walks
+            for _, m in adapter.named_projections(model, layers=[li]):
+                w = weight_view(m)
+                grid = rtn_grid(w, q.bits, q.group_size, q.symmetric)
+                w.copy_(fake_quant_weight(w, q))
+                snap_(m, w, grid)  # float16 scales, as the exported checkpoint stores them
 
 
 @torch.inference_mode()
@@ -47,7 +49,6 @@ def calibrate_ranges(model: nn.Module, ids: torch.Tensor, batch_size: int = 4, p
                      ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per projection: (min, max) of its input over the windows ids: [N, T]."""
     ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    device = model_device(model)
     handles = []
     for name, m in linear_modules(model):
         def pre(_m, args, name=name):
@@ -58,9 +59,7 @@ def calibrate_ranges(model: nn.Module, ids: torch.Tensor, batch_size: int = 4, p
             ranges[name] = (lo, hi)
         handles.append(m.register_forward_pre_hook(pre))
     try:
-        for s in bar(range(0, ids.shape[0], batch_size), desc="A-quant: calibrating ranges", unit="batch",
-                     show=progress):
-            model.base_model(input_ids=ids[s: s + batch_size].to(device), use_cache=False)
+        walk(model, ids, batch_size, desc="A-quant: calibrating ranges", show=progress)
     finally:
         for h in handles:
             h.remove()

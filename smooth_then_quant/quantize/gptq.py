@@ -15,7 +15,6 @@ a shorter last group when group_size does not divide the input width, "desc" and
 """
 from __future__ import annotations
 
-import ctypes
 import time
 from contextlib import nullcontext
 from typing import Literal
@@ -24,8 +23,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from ..arch import adapter_for, model_device
-from ..arch.walk import layer_inputs, layer_output
+from ..arch import adapter_for, resident, trim_heap
+from ..arch.sequential import batches_of, input_kwargs, layer_inputs, layer_output
 from ..progress import bar
 from ..schema import Config
 from .fake import weight_view
@@ -241,15 +240,6 @@ def _solve_group_(layer: nn.Module, paths: list[str], h: Hessian, cfg: GPTQConfi
     return [{"layer": li, "module": p, "loss": float(lp.sum())} for p, lp in zip(paths, loss.split(rows))]
 
 
-def _release_freed_memory() -> None:
-    """Hand freed heap memory back to the OS between layers (glibc only). Without it glibc keeps
-    the many freed Hessian / weight-sized temporaries, and peak RSS grows by ~100 MB on SmolLM2."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 @torch.no_grad()
 def gptq_(model: nn.Module, ids: torch.Tensor, cfg: GPTQConfig = GPTQConfig(), batch_size: int = 1) -> dict:
     """Quantize every decoder-layer projection of `model` with GPTQ, in place (weights become
@@ -259,30 +249,37 @@ def gptq_(model: nn.Module, ids: torch.Tensor, cfg: GPTQConfig = GPTQConfig(), b
     layers = adapter.decoder_layers(model)
     attention = adapter.modules("o")[0].rpartition(".")[0]  # the block that ends in W_o
     t0 = time.perf_counter()
-    device = model_device(model)
-    hidden, extra = layer_inputs(model, layers, ({"input_ids": ids[s: s + batch_size].to(device)}
-                                                 for s in range(0, ids.shape[0], batch_size)))
+    hidden, extra = layer_inputs(model, layers, (input_kwargs(model, b) for _, b in batches_of(ids, batch_size)))
     subsets = ROLES_SEQUENTIAL if cfg.true_sequential else ROLES_TOGETHER
     modules = []
-    for li, layer in enumerate(bar(layers, desc="GPTQ layers", unit="layer")):
-        replay = None
-        for roles in subsets:
-            groups = [list(adapter.modules(r)) for r in roles]  # a role's modules share one input
-            ctx = replay or nullcontext()
-            if replay is None and cfg.true_sequential and "mlp_in" in roles:
-                replay = _Replay(layer.get_submodule(attention))  # records during this pass, serves later ones
-            with ctx:
-                hess = _collect_hessians(layer, groups, hidden, extra[li])
-            for paths, h in zip(groups, hess):
-                modules += _solve_group_(layer, paths, h, cfg, li)
-            del hess
-            _release_freed_memory()
-        if li + 1 < len(layers):  # the quantized layer's output feeds the next layer
-            with replay or nullcontext():
-                _advance_(layer, hidden, extra[li])
-        if replay is not None:
-            replay.handle.remove()
-        replay = extra[li] = None  # free this layer's recorded attention outputs and arguments
-        _release_freed_memory()
+    for li in bar(range(len(layers)), desc="GPTQ layers", unit="layer"):
+        with resident(model, li, keep=True) as layer:  # a streamed model keeps the quantized layer
+            modules += _quantize_layer_(layer, li, hidden, extra, cfg, subsets, attention, adapter,
+                                        advance=li + 1 < len(layers))
+        extra[li] = None  # free this layer's recorded arguments
+        trim_heap()
     return {"config": cfg.model_dump(), "batch_size": batch_size, "seconds": round(time.perf_counter() - t0, 1),
             "calibration": list(ids.shape), "modules": modules}
+
+
+def _quantize_layer_(layer: nn.Module, li: int, hidden: list[torch.Tensor], extra: list, cfg: GPTQConfig,
+                     subsets, attention: str, adapter, advance: bool) -> list[dict]:
+    """GPTQ on one resident decoder layer, subset by subset; then (advance) hidden <- the quantized layer's output."""
+    modules, replay = [], None
+    for roles in subsets:
+        groups = [list(adapter.modules(r)) for r in roles]  # a role's modules share one input
+        ctx = replay or nullcontext()
+        if replay is None and cfg.true_sequential and "mlp_in" in roles:
+            replay = _Replay(layer.get_submodule(attention))  # records during this pass, serves later ones
+        with ctx:
+            hess = _collect_hessians(layer, groups, hidden, extra[li])
+        for paths, h in zip(groups, hess):
+            modules += _solve_group_(layer, paths, h, cfg, li)
+        del hess
+        trim_heap()
+    if advance:  # the quantized layer's output feeds the next layer
+        with replay or nullcontext():
+            _advance_(layer, hidden, extra[li])
+    if replay is not None:
+        replay.handle.remove()
+    return modules

@@ -2,8 +2,9 @@
 
     smooth_(model, plan)
 
-Weight-foldable items edit the weights (each item's apply_); runtime ones are attached as hooks
-next to any already on the model (arch.runtime). Items run in plan order.
+Weight-foldable items edit the weights (each item's apply_; on a streamed model each is replayed whenever its
+layer is read); runtime ones are attached as hooks next to any already on the model (arch.runtime). Items run
+in plan order.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import logging
 
 from torch import nn
 
-from ..arch import ArchAdapter, adapter_for, attach_runtime_, detach_runtime_, runtime_ops
+from ..arch import ArchAdapter, adapter_for, attach_runtime_, detach_runtime_, runtime_ops, source_of
 from ..errors import SmoothQuantError
 from .plan import SmoothingPlan
 
@@ -35,9 +36,15 @@ def smooth_(model: nn.Module, plan: SmoothingPlan) -> nn.Module:
     """Apply `plan` to `model` in place (weights edited, runtime hooks attached); returns model."""
     adapter = check_plan(model, plan)
     layers = adapter.decoder_layers(model)
+    src = source_of(model)
     for i in plan.interventions:
-        if i.foldable:
-            i.apply_(layers[getattr(i, "layer", 0)], adapter)
+        if not i.foldable:
+            continue
+        li = getattr(i, "layer", 0)
+        if src is None:
+            i.apply_(layers[li], adapter)
+        else:  # a streamed state: replayed whenever the layer is read
+            src.add_edit(li, repr(i), lambda layer, i=i: i.apply_(layer, adapter))
     new = plan.runtime()
     if new:
         attach_runtime_(model, runtime_ops(model) + new)
@@ -46,7 +53,8 @@ def smooth_(model: nn.Module, plan: SmoothingPlan) -> nn.Module:
 
 
 def clone_model(model: nn.Module) -> nn.Module:
-    """A deep copy with the runtime interventions attached to the copy too."""
+    """A deep copy with the runtime interventions attached to the copy too (a streamed model's copy is its
+    skeleton and its list of edits: the checkpoint is shared)."""
     ops = detach_runtime_(model)
     try:
         twin = copy.deepcopy(model)

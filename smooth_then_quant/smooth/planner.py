@@ -10,12 +10,14 @@ planning leaves the model unchanged.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..arch import adapter_for, attach_runtime_, runtime_ops
+from ..arch import adapter_for, attach_runtime_, runtime_ops, source_of
+from ..arch.sequential import SOURCE_ATTR
 from ..detect import Analysis
 from .apply import smooth_
 from .plan import SmoothingPlan
@@ -55,18 +57,23 @@ class _Temporarily:
     def __enter__(self):
         adapter = adapter_for(self.model)
         layers = adapter.decoder_layers(self.model)
-        self.saved = {}
-        for i in self.plan.interventions:
-            if i.foldable:
-                for t in i.touched(adapter, layers[i.layer]):
-                    self.saved.setdefault(id(t), (t, t.detach().clone()))
+        self.saved, self.source = {}, source_of(self.model)
+        if self.source is not None:  # a streamed model: its edits are a list, restored by keeping a copy
+            setattr(self.model, SOURCE_ATTR, copy.deepcopy(self.source))
+        else:
+            for i in self.plan.interventions:
+                if i.foldable:
+                    for t in i.touched(adapter, layers[i.layer]):
+                        self.saved.setdefault(id(t), (t, t.detach().clone()))
         self.ops = runtime_ops(self.model)
         smooth_(self.model, self.plan)
         return self
 
     def __exit__(self, *exc):
         with torch.no_grad():
-            for t, copy in self.saved.values():
-                t.copy_(copy)
+            for t, saved in self.saved.values():
+                t.copy_(saved)
+        if self.source is not None:
+            setattr(self.model, SOURCE_ATTR, self.source)
         attach_runtime_(self.model, self.ops)
         return False

@@ -35,19 +35,17 @@ def test_streamed_analysis_equals_the_in_memory_one(tmp_path, family):
 
 
 def test_one_layer_is_resident_at_a_time(tmp_path, monkeypatch):
-    from smooth_then_quant.load import lazy
+    from smooth_then_quant.load.stream import CheckpointSource
 
     save_tiny(tmp_path / "m", "llama")
-    resident, real = [], lazy.onload_
+    resident, real = [], CheckpointSource.onload_
 
-    def counting(module, *a, **k):
-        real(module, *a, **k)
-        root = a[-1]
-        layers = [m for m in root.model.layers if any(p.device.type != "meta" for p in m.parameters())]
-        resident.append(len(layers))
-    monkeypatch.setattr(lazy, "onload_", counting)
+    def counting(self, model, li, layer):
+        real(self, model, li, layer)
+        resident.append(sum(any(not p.is_meta for p in m.parameters()) for m in model.model.layers))
+    monkeypatch.setattr(CheckpointSource, "onload_", counting)
     analyze_checkpoint(tmp_path / "m", windows(4, 16))
-    assert resident and max(resident) == 1
+    assert len(resident) == 4 and max(resident) == 1
 
 
 def test_sharded_checkpoints_and_their_faults(tmp_path):

@@ -44,14 +44,31 @@ def test_missing_paths_and_bad_dtype(tmp_path):
     assert resolve_source("HuggingFaceTB/SmolLM2-135M")[0] == "hub"
 
 
-def test_open_streamed_refuses_a_bad_dtype_or_device_like_load_model(tmp_path):
-    # regression: open_streamed raised a bare ValueError / KeyError for these
+def test_a_streamed_load_refuses_a_bad_dtype_or_device_like_a_whole_one(tmp_path):
+    # regression: the streamed path (then open_streamed) raised a bare ValueError / KeyError for these
     from planting import save_tiny
-    from smooth_then_quant.load import open_streamed
+    from smooth_then_quant.arch import is_streamed
 
     save_tiny(tmp_path / "m", "llama")
-    assert open_streamed(str(tmp_path / "m")).streamed is not None
+    assert is_streamed(load_model(str(tmp_path / "m"), stream=True).model)
     with pytest.raises(SmoothQuantError, match="device 'zzz': not a device"):
-        open_streamed(str(tmp_path / "m"), device="zzz")
+        load_model(str(tmp_path / "m"), device="zzz", stream=True)
     with pytest.raises(SmoothQuantError, match="dtype 'int3' is not supported"):
-        open_streamed(str(tmp_path / "m"), dtype="int3")
+        load_model(str(tmp_path / "m"), dtype="int3", stream=True)
+
+
+def test_the_gguf_default_streams_from_a_tensor_by_tensor_dequantization_equal_to_transformers(tmp_path):
+    """The GGUF file is dequantized one tensor at a time into safetensors (never a whole float model), with
+    transformers' own name mapping and tensor fixes: every tensor equals from_pretrained(gguf_file=...)'s."""
+    from smooth_then_quant.arch import is_streamed, source_of
+
+    whole = load_model("default").model
+    loaded = load_model("default", stream=True, offload_dir=str(tmp_path))
+    assert is_streamed(loaded.model) and "dequantized tensor by tensor" in loaded.provenance["weights"]
+    src = source_of(loaded.model)
+    assert src.ckpt.folder.is_relative_to(tmp_path)
+    for name, t in whole.state_dict().items():
+        key = src.ckpt.key(name) if name != "lm_head.weight" else src.ckpt.key("model.embed_tokens.weight")
+        assert torch.equal(src.ckpt.tensor(key, torch.float32), t), name
+    loaded.scratch.cleanup()
+    assert list(tmp_path.iterdir()) == []  # the scratch folder is gone

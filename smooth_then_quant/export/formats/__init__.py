@@ -23,8 +23,11 @@ from .common import load_quantized_model
 class ExportFormat:
     name: str  # export.quantized.format
     quant_method: str  # config.json quantization_config.quant_method it writes (and is reloaded by)
-    # (model whose projections carry grids) -> (tensors of the whole model, quantization_config)
-    state_dict: Callable[[nn.Module], tuple[dict[str, torch.Tensor], dict]]
+    # (model whose projections carry grids) -> config.json's quantization_config (no weight is read)
+    quantization_config: Callable[[nn.Module], dict]
+    # (model, qualified name, projection module (resident), quantization_config) -> {leaf: tensor} written as
+    # NAME.leaf in place of the projection's `replaces` leaves; called layer by layer (exports stream)
+    projection_tensors: Callable[[nn.Module, str, nn.Module, dict], dict[str, torch.Tensor]]
     # (float model, tensors (the projections' entries are popped), quantization_config, source) -> None
     load_projections: Callable[[nn.Module, dict[str, torch.Tensor], dict, str], None]
     # (scheme as in report.json: weights, activations) -> why this format cannot hold it, or None
@@ -35,6 +38,7 @@ class ExportFormat:
     act_quant: Callable[[nn.Module, Path, dict], tuple | None] | None = None
     # files besides config.json other loaders of the format read: name -> (quantization_config) -> text
     extra_files: Callable[[dict], dict[str, str]] | None = None
+    replaces: tuple[str, ...] = ("weight",)  # the float leaves of a projection its tensors stand for
 
 
 _FORMATS: dict[str, ExportFormat] = {}

@@ -9,13 +9,15 @@ unpacked here (the tests check the result against GPTQModel's own dequantization
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ...arch import adapter_for
+from ...arch import adapter_for, resident, source_of
 from ...errors import SmoothQuantError
+from ...io import ShardWriter
 from ...load import quantization_config, read_safetensors
 from ...quantize.grid import grid_of
 
@@ -34,17 +36,43 @@ def uniform_grids(model: nn.Module) -> dict:
     return grids
 
 
-def float_tensors(model: nn.Module, skip: set[str]) -> dict[str, torch.Tensor]:
-    """The model's tensors except `skip` (qualified names); tied copies once."""
-    out, seen = {}, set()
-    for name, t in model.state_dict().items():
-        if name in skip:
+@torch.no_grad()
+def model_tensors(model: nn.Module, replaces: tuple[str, ...] = (),
+                  projection_tensors: Callable[[str, nn.Module], dict[str, torch.Tensor]] | None = None
+                  ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of the model's state dict once (tied copies once: transformers re-ties on load), on the CPU:
+    first those outside the decoder layers, then layer by layer (a streamed model reads each layer, then frees
+    it). With `projection_tensors(name, module)`, each projection's `replaces` leaves give way to its tensors."""
+    adapter = adapter_for(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    prefixes = [names[id(layer)] for layer in adapter.decoder_layers(model)]
+    src = source_of(model)
+    seen: set[int] = set()
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in seen or any(name.startswith(p + ".") for p in prefixes):
             continue
-        if t.data_ptr() in seen:  # tied (lm_head = embed_tokens): transformers re-ties on load
-            continue
-        seen.add(t.data_ptr())
-        out[name] = t.detach().cpu().contiguous()  # safetensors writes from the CPU
-    return out
+        seen.add(id(t))
+        yield name, (src.tensor(model, name) if t.is_meta else t).detach().cpu().contiguous()
+    for li, prefix in enumerate(prefixes):
+        with resident(model, li) as layer:
+            projections = dict(adapter.named_projections(model, layers=[li])) if projection_tensors else {}
+            skip = {f"{p}.{leaf}" for p in projections for leaf in replaces}
+            here: set[int] = set()  # ids only while the layer's tensors live (a streamed layer's are freed after)
+            for name, t in layer.state_dict(keep_vars=True).items():
+                if f"{prefix}.{name}" not in skip and id(t) not in here:
+                    here.add(id(t))
+                    yield f"{prefix}.{name}", t.detach().cpu().contiguous()
+            for p, m in projections.items():
+                for leaf, v in projection_tensors(p, m).items():
+                    yield f"{p}.{leaf}", v.contiguous()
+
+
+def write_weights(tensors: Iterable[tuple[str, torch.Tensor]], folder: Path, max_shard_size: int) -> list[str]:
+    """Safetensors shards of at most max_shard_size bytes (and their index), written as the tensors come."""
+    writer = ShardWriter(folder, max_shard_size)
+    for name, t in tensors:
+        writer.add(name, t)
+    return writer.close()
 
 
 @torch.no_grad()

@@ -28,10 +28,10 @@ from torch import nn
 from ...arch import adapter_for
 from ...errors import SmoothQuantError
 from ...quantize.fake import act_quant_state, weight_view
-from ...quantize.grid import GRID_ATTR, QuantGrid, natural_g_idx
+from ...quantize.grid import GRID_ATTR, QuantGrid, grid_of, natural_g_idx
 from ...quantize.rtn import ActQuant, scale_zero
 from . import ExportFormat, register_format
-from .common import float_tensors, uniform_grids
+from .common import uniform_grids
 
 log = logging.getLogger(__name__)
 
@@ -127,30 +127,37 @@ def ignored_linears(model: nn.Module, projections: set[str]) -> list[str]:
 
 
 # ---- writing ---------------------------------------------------------------------------------
-@torch.no_grad()
-def state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, quantization_config): float tensors of the model, each projection's weight replaced
-    by its compressed tensors, plus input_scale for static A8."""
-    projections = dict(adapter_for(model).named_projections(model))
+def _scheme(model: nn.Module):
+    """(the compressed-tensors scheme of the model's grids and A8 state, ActQuant or None, static ranges or None)."""
     grids = uniform_grids(model)
     state = act_quant_state(model)
     act, ranges = state if state is not None else (None, None)
-    scheme = scheme_for(next(iter(grids.values())), act, ranges is not None)
-    out = float_tensors(model, {f"{n}.weight" for n in projections})
+    return scheme_for(next(iter(grids.values())), act, ranges is not None), act, ranges
+
+
+def model_quantization_config(model: nn.Module) -> dict:
+    scheme, act, _ = _scheme(model)
+    projections = dict(adapter_for(model).named_projections(model))
     for name, m in projections.items():
         if not isinstance(m, nn.Linear):  # the scheme targets nn.Linear (GPT-2's Conv1D is not one)
             raise SmoothQuantError(f"{name} is a {type(m).__name__}, not an nn.Linear: compressed-tensors targets "
                                    "Linear layers; export this model with format: gptq.")
-        check_grid(name, grids[name], m.in_features)
-        out.update({f"{name}.{k}": v for k, v in weight_tensors(m.weight.detach().cpu(), grids[name].cpu(),
-                                                                  scheme).items()})
-        if act is not None and ranges is not None and act.kind.static:
-            out.update({f"{name}.{k}": v for k, v in input_tensors(act, *(r.cpu() for r in ranges[name])).items()})
+        check_grid(name, grid_of(m), m.in_features)
     if act is not None and act.kind.static and scheme.weights.num_bits < 8:
         log.warning("W%dA%d with per-tensor activations: vLLM (0.32) has no kernel for it (its W4A8 needs per-token "
                     "dynamic activations); transformers and smooth_then_quant load it", scheme.weights.num_bits,
                     act.bits)
-    return out, quantization_config(scheme, ignored_linears(model, set(projections)))
+    return quantization_config(scheme, ignored_linears(model, set(projections)))
+
+
+@torch.no_grad()
+def projection_tensors(model: nn.Module, name: str, m: nn.Module, qc: dict) -> dict[str, torch.Tensor]:
+    """The compressed weight of one projection, plus input_scale for static A8."""
+    scheme, act, ranges = _scheme(model)
+    out = weight_tensors(m.weight.detach().cpu(), grid_of(m).cpu(), scheme)
+    if act is not None and ranges is not None and act.kind.static:
+        out.update(input_tensors(act, *(r.cpu() for r in ranges[name])))
+    return out
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -248,5 +255,6 @@ def how_to_load(w: dict, a8: bool) -> list[str]:
 
 
 COMPRESSED_TENSORS = register_format(ExportFormat(
-    name="compressed-tensors", quant_method="compressed-tensors", state_dict=state_dict,
+    name="compressed-tensors", quant_method="compressed-tensors", quantization_config=model_quantization_config,
+    projection_tensors=projection_tensors,
     load_projections=load_projections, refuses=refuses, how_to_load=how_to_load, act_quant=act_quant))

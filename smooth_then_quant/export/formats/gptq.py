@@ -19,7 +19,7 @@ from ...quantize.grid import grid_of
 from ...quantize.packing import PACKABLE_BITS, check_packable, gptq_settings, load_gptq_projections_, to_gptq_tensors
 from ...version import __version__
 from . import ExportFormat, register_format
-from .common import float_tensors, uniform_grids
+from .common import uniform_grids
 
 log = logging.getLogger(__name__)
 KERNEL_GROUP_SIZES = (-1, 16, 32, 64, 128, 256, 512, 1024)  # GPTQModel 7.7 TorchLinear's list
@@ -45,18 +45,12 @@ def quantization_config(model: nn.Module) -> dict:
 
 
 @torch.no_grad()
-def state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
-    """Float tensors of the model, with each projection replaced by its GPTQ tensors."""
-    qc = quantization_config(model)
-    projections = dict(adapter_for(model).named_projections(model))
-    out = float_tensors(model, {f"{n}.{leaf}" for n in projections for leaf in ("weight", "bias")})
-    for name, m in projections.items():
-        grid, w = grid_of(m).cpu(), weight_view(m).detach().cpu()
-        check_packable(name, grid, w.shape[0])
-        bias = getattr(m, "bias", None)
-        for k, v in to_gptq_tensors(w, grid, None if bias is None else bias.detach().cpu()).items():
-            out[f"{name}.{k}"] = v
-    return out, qc
+def projection_tensors(model: nn.Module, name: str, m: nn.Module, qc: dict) -> dict[str, torch.Tensor]:
+    """qweight / qzeros / scales / g_idx (and bias) of one projection."""
+    grid, w = grid_of(m).cpu(), weight_view(m).detach().cpu()
+    check_packable(name, grid, w.shape[0])
+    bias = getattr(m, "bias", None)
+    return to_gptq_tensors(w, grid, None if bias is None else bias.detach().cpu())
 
 
 def load_projections(model: nn.Module, tensors: dict[str, torch.Tensor], qc: dict, source: str) -> None:
@@ -91,6 +85,6 @@ def how_to_load(w: dict, a8: bool) -> list[str]:
 
 
 GPTQ = register_format(ExportFormat(
-    name="gptq", quant_method="gptq", state_dict=state_dict, load_projections=load_projections, refuses=refuses,
-    how_to_load=how_to_load,
+    name="gptq", quant_method="gptq", quantization_config=quantization_config, projection_tensors=projection_tensors,
+    load_projections=load_projections, refuses=refuses, how_to_load=how_to_load, replaces=("weight", "bias"),
     extra_files=lambda qc: {"quantize_config.json": json.dumps(qc, indent=1)}))  # GPTQModel and vLLM read it

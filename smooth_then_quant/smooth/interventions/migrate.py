@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ...arch import ArchAdapter, adapter_for, model_device
+from ...arch import ArchAdapter, adapter_for, resident, walk
 from ...detect import Analysis
 from ...probe import hooks_at_points
 from ...progress import bar
@@ -87,8 +87,7 @@ def collect_absmax(model: nn.Module, adapter: ArchAdapter, ids: torch.Tensor, po
             amax[(li, point)] = torch.maximum(amax[(li, point)], m) if (li, point) in amax else m
 
     with hooks_at_points(model, adapter, record):
-        for s in bar(range(0, ids.shape[0], batch_size), desc="smooth: activation ranges", unit="batch"):
-            model.base_model(input_ids=ids[s: s + batch_size].to(model_device(model)), use_cache=False)
+        walk(model, ids, batch_size, desc="smooth: activation ranges")
     return amax
 
 
@@ -96,11 +95,11 @@ def collect_absmax(model: nn.Module, adapter: ArchAdapter, ids: torch.Tensor, po
 def gamma_migrations(model: nn.Module, analysis: Analysis) -> list[MigrateNorm]:
     """Exact γ flattening: s_c = γ_c / mean(γ) on the γ-outlier channels, 1 elsewhere."""
     adapter = adapter_for(model)
-    layers = adapter.decoder_layers(model)
     out = []
     for site, name in ((adapter.attn_norm, "attn"), (adapter.mlp_norm, "mlp")):
         for li, g in sorted(analysis.gamma_outliers.get(site.output_point, {}).items()):
-            gamma = adapter.gamma(layers[li], site)  # [C] effective factor
+            with resident(model, li) as layer:
+                gamma = adapter.gamma(layer, site)  # [C] effective factor
             s = torch.ones_like(gamma)
             s[g["channels"]] = gamma[g["channels"]] / gamma.mean()
             out.append(MigrateNorm(li, name, 1.0, [float(v) for v in s],
@@ -152,8 +151,8 @@ def migrations(model: nn.Module, ids: torch.Tensor, cfg: MigrateConfig, skip_dow
         found[(li, point)] = MigrateDown(li, alpha, scales, why) if name == "down" else \
             MigrateNorm(li, name, alpha, scales, why)
 
-    with hooks_at_points(model, adapter, decide):
-        model.base_model(input_ids=ids[: cfg.search_samples].to(model_device(model)), use_cache=False)
+    with hooks_at_points(model, adapter, decide):  # each site scored while its layer is resident
+        walk(model, ids[: cfg.search_samples], cfg.search_samples, desc="smooth: α search", show=False)
     progress.close()
     out = [found[k] for k in sorted(found, key=lambda k: (k[0], list(sites).index(k[1]))) if found[k] is not None]
     return out, notes

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ...arch import adapter_for, model_device, take_part
+from ...arch import adapter_for, is_streamed, model_device, take_part
 from ...errors import SmoothQuantError
 from ...progress import bar
 from ...schema import Config
@@ -106,6 +106,9 @@ def _outlier_penalty(x: torch.Tensor, rows: list[int], m: float) -> torch.Tensor
 def repair_(model: nn.Module, teacher: nn.Module, input_ids: torch.Tensor, plan: SmoothingPlan,
             cfg: RepairConfig = RepairConfig()) -> Repair:
     """Train LoRA on `model` towards `teacher`, merge it; returns the plan entry (appended to plan)."""
+    if is_streamed(model) or is_streamed(teacher):
+        raise SmoothQuantError("the repair trains LoRA through the whole model, which needs it in memory: load it "
+                               "whole (load.stream: false, or load_model(..., stream=False)).")
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
