@@ -86,7 +86,7 @@ class Scratch:
         import weakref
 
         if base is not None and not Path(base).is_dir():
-            raise SmoothQuantError(f"offload folder {base} does not exist; create it or set load.offload_dir to "
+            raise SmoothQuantError(f"offload folder {base} does not exist; create it or set resources.offload_dir to "
                                    "an existing writable folder.")
         try:
             self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
@@ -95,7 +95,7 @@ class Scratch:
             probe.unlink()
         except OSError as e:
             raise SmoothQuantError(f"cannot write to the offload folder {base or tempfile.gettempdir()} ({e.strerror or e}); "
-                                   "set load.offload_dir to a writable folder with free space.") from None
+                                   "set resources.offload_dir to a writable folder with free space.") from None
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), True)
 
     def cleanup(self) -> None:

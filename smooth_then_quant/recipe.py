@@ -19,7 +19,7 @@ from .errors import SmoothQuantError
 from .evaluate import EvalConfig, QuantizationConfig
 from .export import get_format
 from .export.config import ExportConfig
-from .load import CalibrationConfig, LoadConfig
+from .load import CalibrationConfig, LoadConfig, ResourcesConfig
 from .schema import Config, explain
 from .smooth import SmoothingConfig
 
@@ -28,6 +28,7 @@ class Recipe(Config):
     stage: Literal["analyze", "smooth", "full"] = "full"  # stop after analysis / after smoothing / run it all
     model: str = "default"  # default | hub id | local folder | file.gguf
     load: LoadConfig = LoadConfig()
+    resources: ResourcesConfig = ResourcesConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     analysis: AnalysisConfig = AnalysisConfig()
     smoothing: SmoothingConfig = SmoothingConfig(enabled=False)

@@ -15,10 +15,9 @@ from .detect import Analysis, analyze
 from .evaluate import FP, PerplexityCache, degradation_rows
 from .evaluate.evidence import ppl_change, removed_share, state_evidence
 from .export import PLAN_FILE, save_quantized, save_smoothed
-from .export.config import shard_bytes
 from .export.hub import push_folder
 from .io import write_json
-from .load import LoadedModel, calibration_windows, load_model
+from .load import LoadedModel, calibration_windows, load_model, size_bytes
 from .quantize import Scheme, detach_act_quant_, quantize_
 from .quantize.scheme import weight_key
 from .recipe import Recipe
@@ -116,7 +115,8 @@ def whole_model_needed(r: Recipe) -> str | None:
 
 def run_load(run: Run) -> None:
     """The model, streamed one decoder layer at a time unless load.stream is off or a step needs it whole.
-    Its scratch (a dequantized GGUF, GPTQ'd layers) goes inside the run's partial folder unless load.offload_dir
+    Its scratch (a dequantized GGUF, GPTQ'd layers, spilled hidden states) goes inside the run's partial folder
+    unless resources.offload_dir
     says otherwise, and is removed when the run ends, however it ends."""
     r, t0 = run.recipe, time.perf_counter()
     why = whole_model_needed(r) if r.load.stream else None
@@ -124,7 +124,8 @@ def run_load(run: Run) -> None:
         log.info("loading the model whole: %s", why)
     run.loaded = load_model(r.model, dtype=r.load.dtype, device=r.load.device, trust_remote_code=r.load.trust_remote_code,
                             revision=r.load.revision, stream=r.load.stream and why is None,
-                            offload_dir=r.load.offload_dir or str(run.out))
+                            offload_dir=r.resources.offload_dir or str(run.out),
+                            max_memory=None if r.resources.max_memory is None else size_bytes(r.resources.max_memory))
     if why:
         run.loaded.provenance["weights"] = f"loaded whole: {why}"
     run.timing["load_seconds"] = round(time.perf_counter() - t0, 2)
@@ -278,7 +279,7 @@ def run_quantize(run: Run) -> None:
                 if target is not None and (target.scheme, target.state) == (sc.name, state):
                     log.info("writing the %s / %s checkpoint (%s format)", sc.name, state, target.format)
                     save_quantized(qm, tok, run.out / "quantized", c.plan, target.format,
-                                   shard_bytes(r.export.max_shard_size))
+                                   size_bytes(r.export.max_shard_size))
                     written = True
                 detach_act_quant_(qm)
             del qm
@@ -318,7 +319,7 @@ def exports(r: Recipe, stages: set[str]) -> dict[str, str]:
 def run_export(run: Run) -> None:
     r, tok = run.recipe, run.loaded.tokenizer
     if r.export.model and run.smoothing:
-        save_smoothed(run.smoothing.model, tok, run.smoothing.plan, run.out / "model", shard_bytes(r.export.max_shard_size))
+        save_smoothed(run.smoothing.model, tok, run.smoothing.plan, run.out / "model", size_bytes(r.export.max_shard_size))
         run.exported["model"] = "model/"
     if r.export.quantized and run.quantization and run.quantization.written:
         run.exported["quantized"] = "quantized/"

@@ -62,7 +62,7 @@ def _offload_recipe(tmp_path, offload):
     (tmp_path / "out").mkdir(exist_ok=True)
     (tmp_path / "out" / "mine.txt").write_text("the user's")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model: {tmp_path / 'm'}\nload: {{offload_dir: {offload}}}\noutput_dir: {tmp_path / 'out'}\n"
+    recipe.write_text(f"model: {tmp_path / 'm'}\nresources: {{offload_dir: {offload}}}\noutput_dir: {tmp_path / 'out'}\n"
                       "calibration: {samples: 2, seq_len: 32}\nanalysis: {plots: false}\nevaluation: {seq_len: 32, "
                       "max_windows: 2}\nquantization: {enabled: true, compare: [baseline], schemes: {W4A16: {weights: "
                       "{group_size: 32}}}}\nexport: {model: false}\noverwrite: true\n")
@@ -82,7 +82,7 @@ def test_an_offload_folder_that_cannot_be_written_fails_before_any_work(tmp_path
 
     recipe = _offload_recipe(tmp_path, tmp_path / "nope")
     assert main([str(recipe), "-q", "--dry-run"]) == 2  # refused at validation
-    _one_line_error(capsys, "load.offload_dir")
+    _one_line_error(capsys, "resources.offload_dir")
     assert main([str(recipe), "-q"]) == 2
     _one_line_error(capsys, "not an existing folder")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["mine.txt"]
@@ -138,7 +138,7 @@ def test_a_signal_in_the_middle_of_a_layer_leaves_no_output_and_no_offload_folde
     save_tiny(tmp_path / "m", "llama")
     (tmp_path / "offload").mkdir()
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model: {tmp_path / 'm'}\nload: {{offload_dir: {tmp_path / 'offload'}}}\n"
+    recipe.write_text(f"model: {tmp_path / 'm'}\nresources: {{offload_dir: {tmp_path / 'offload'}}}\n"
                       "calibration: {samples: 2, seq_len: 32}\nanalysis: {plots: false}\n"
                       "quantization: {enabled: true, compare: [baseline], schemes: {W4A16: {weights: {group_size: 32}}}}\n"
                       "evaluation: {seq_len: 32, max_windows: 2}\nexport: {model: false}\n"
@@ -158,3 +158,27 @@ def test_a_signal_in_the_middle_of_a_layer_leaves_no_output_and_no_offload_folde
     assert "Traceback" not in (tmp_path / "stderr.txt").read_text()
     assert list((tmp_path / "offload").iterdir()) == []  # the run's scratch folder is gone, the user's folder stays
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_hidden_states_beyond_the_memory_budget_spill_to_disk_with_the_same_numbers(tmp_path):
+    from planting import windows
+    from smooth_then_quant.arch import walk
+    from smooth_then_quant.detect import analyze
+    from smooth_then_quant.evaluate import window_nll
+    from smooth_then_quant.load import load_model
+    from smooth_then_quant.quantize import GPTQConfig, gptq_
+
+    save_tiny(tmp_path / "m", "qwen2", init=0.05)
+    ids = windows(6, 32, trigger_at=0)
+    roomy = load_model(str(tmp_path / "m"), stream=True, offload_dir=str(tmp_path))
+    tight = load_model(str(tmp_path / "m"), stream=True, offload_dir=str(tmp_path), max_memory=1)  # every batch spills
+    hidden = walk(tight.model, ids, 2, show=False)
+    assert hidden.spilled >= 3 and hidden.resident == 0
+    assert len(list(tight.scratch.path.glob("hidden-*"))) == 3
+    del hidden
+    assert not list(tight.scratch.path.glob("hidden-*"))  # spill files go with their walk
+    assert analyze(roomy.model, ids).to_dict() == analyze(tight.model, ids).to_dict()
+    assert torch.equal(window_nll(roomy.model, ids, 2, False), window_nll(tight.model, ids, 2, False))
+    for m in (roomy.model, tight.model):
+        gptq_(m, ids, GPTQConfig(bits=4, group_size=32), batch_size=2)
+    assert torch.equal(window_nll(roomy.model, ids, 2, False), window_nll(tight.model, ids, 2, False))

@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import functools
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -48,6 +49,8 @@ class LayerSource(Protocol):
     def tensor(self, model: nn.Module, name: str) -> torch.Tensor: ...  # one outside the decoder layers
 
     def add_edit(self, li: int, key: str, edit: Callable[[nn.Module], None]) -> None: ...  # replayed on onload
+
+    def hidden_states(self) -> HiddenStates: ...  # with its memory budget and spill folder
 
     def digest(self) -> str: ...
 
@@ -98,6 +101,73 @@ def _libc():
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
+class HiddenStates:
+    """The hidden states between layers, one [B, T, H] per batch: in memory up to `budget` bytes, beyond it each
+    further batch's tensor is written to `folder` and read back when its turn comes (a list otherwise)."""
+
+    def __init__(self, budget: int | None = None, folder: Path | None = None):
+        self.budget, self.folder = budget, folder
+        self.items: list = []  # a tensor, or (path, device) of a spilled one
+        self.resident = 0
+        self.spilled = 0  # how many writes went to disk (reported, tested)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self.items)))
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        item = self.items[i]
+        if isinstance(item, tuple):
+            from safetensors.torch import load_file
+            path, device = item
+            return load_file(str(path), device=str(device))["h"]
+        return item
+
+    def __setitem__(self, i: int, t: torch.Tensor) -> None:
+        old = self.items[i]
+        if isinstance(old, tuple):
+            old[0].unlink(missing_ok=True)
+        else:
+            self.resident -= old.numel() * old.element_size()
+        self.items[i] = self._keep(t, i)
+
+    def append(self, t: torch.Tensor) -> None:
+        self.items.append(None)
+        self.items[-1] = self._keep(t, len(self.items) - 1)
+
+    def _keep(self, t: torch.Tensor, i: int):
+        n = t.numel() * t.element_size()
+        if self.budget is None or self.folder is None or self.resident + n <= self.budget:
+            self.resident += n
+            return t
+        from safetensors.torch import save_file
+        path = self.folder / f"hidden-{id(self):x}-{i}.safetensors"
+        save_file({"h": t.detach().contiguous().cpu()}, str(path))
+        self.spilled += 1
+        return path, t.device
+
+    def clear(self) -> None:
+        for item in self.items:
+            if isinstance(item, tuple):
+                item[0].unlink(missing_ok=True)
+        self.items, self.resident = [], 0
+
+    def __del__(self):  # spill files go with the walk that made them (the scratch folder goes at the run's end)
+        try:
+            self.clear()
+        except Exception:  # interpreter shutdown: the scratch folder's own cleanup removes them
+            pass
+
+
+def hidden_states(model: nn.Module) -> HiddenStates:
+    """Where a walk keeps the hidden states of its batches: a streamed model's source sets a memory budget and
+    a spill folder (resources.max_memory, resources.offload_dir); a resident model keeps them all."""
+    src = source_of(model)
+    return src.hidden_states() if src is not None else HiddenStates()
+
+
 def batches_of(ids: torch.Tensor, batch_size: int) -> list[tuple[int, torch.Tensor]]:
     return [(s, ids[s: s + batch_size]) for s in range(0, ids.shape[0], batch_size)]
 
@@ -113,11 +183,11 @@ def input_kwargs(model: nn.Module, ids: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def layer_inputs(model: nn.Module, layers: nn.ModuleList, batches: Iterable[dict]
-                 ) -> tuple[list[torch.Tensor], list[list[tuple[tuple, dict]]]]:
+                 ) -> tuple[HiddenStates, list[list[tuple[tuple, dict]]]]:
     """The hidden states entering layer 0 (one per batch) and every layer's other arguments (position
     embeddings, masks; per layer, since e.g. Gemma3 mixes sliding and global layers), from one pass of
     model.base_model per batch (its keyword arguments) in which every decoder layer is a pass-through."""
-    hidden, extra = [], [[] for _ in layers]
+    hidden, extra = hidden_states(model), [[] for _ in layers]
     handles = []
     for li, layer in enumerate(layers):
         def pre(_m, args, kwargs, li=li):
@@ -147,7 +217,7 @@ def layer_output(o) -> torch.Tensor:
 def walk(model: nn.Module, ids: torch.Tensor, batch_size: int = 1, *,
          before_batch: Callable[[int, torch.Tensor], None] | None = None,
          after_layer: Callable[[int, nn.Module], None] | None = None,
-         desc: str = "layers", show: bool = True) -> list[torch.Tensor]:
+         desc: str = "layers", show: bool = True) -> HiddenStates:
     """Run ids [N, T] through every decoder layer in batches of `batch_size`, layer-major. Calls
     `before_batch(sample_offset, batch_ids)` before each batch enters a layer and `after_layer(li, layer)`
     once a layer has run every batch (still resident). -> the hidden states after the last layer, one

@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import field_validator
 
+from ..load.config import size_bytes
 from ..schema import Config
 from .formats import format_names
 
@@ -23,19 +24,6 @@ class QuantizedExportConfig(Config):
         return v
 
 
-def shard_bytes(size: str) -> int:
-    """'5GB' / '500MB' / '2GiB' -> bytes (transformers' own parser, as save_pretrained(max_shard_size=...))."""
-    from transformers.utils.hub import convert_file_size_to_int
-
-    try:
-        n = convert_file_size_to_int(size)
-    except (ValueError, TypeError):
-        raise ValueError("not a size; write it like 5GB, 500MB or 2GiB") from None
-    if n < 1:
-        raise ValueError("must be at least one byte")
-    return n
-
-
 class ExportConfig(Config):
     model: bool = True  # write the smoothed float checkpoint to output_dir/model
     quantized: QuantizedExportConfig | None = None  # None: no quantized checkpoint
@@ -46,7 +34,7 @@ class ExportConfig(Config):
     @field_validator("max_shard_size")
     @classmethod
     def _size(cls, v: str) -> str:
-        shard_bytes(v)
+        size_bytes(v)
         return v
 
     @field_validator("push_to_hub")

@@ -49,17 +49,50 @@ class LoadConfig(Config):
     trust_remote_code: bool = False
     revision: str | None = None
     stream: bool = True  # read one decoder layer at a time when a step needs it (false: load the model whole)
-    offload_dir: str | None = None  # scratch for a dequantized GGUF and the layers a step changed (GPTQ); removed
-    # at the end of the run however it ends. None: the system temporary folder (a run: inside its output's partial folder)
 
     _device = field_validator("device")(classmethod(lambda cls, v: check_device(v)))
+
+
+class ResourcesConfig(Config):
+    """`resources:` where a streamed run puts what does not stay in memory."""
+    # scratch for a dequantized GGUF, the layers a step changed (GPTQ) and spilled hidden states; a subfolder is
+    # made there and removed when the run ends, however it ends. None: inside the run's partial output folder
+    offload_dir: str | None = None
+    max_memory: str | None = None  # hidden states kept in RAM between layers (e.g. 4GB); None: 1/4 of what is free
 
     @field_validator("offload_dir")
     @classmethod
     def _existing(cls, v: str | None) -> str | None:
-        if v is not None and not Path(v).expanduser().is_dir():
+        if v is None:
+            return v
+        try:
+            path = Path(v).expanduser()
+        except RuntimeError:  # ~user with no such user
+            raise ValueError("its ~ names no user's home folder here; write the path out") from None
+        if not path.is_dir():
             raise ValueError("not an existing folder; create it first (the run makes and removes its own subfolder)")
+        return str(path)
+
+    @field_validator("max_memory")
+    @classmethod
+    def _size(cls, v: str | None) -> str | None:
+        if v is not None:
+            size_bytes(v)
         return v
+
+
+def size_bytes(size: str) -> int:
+    """'5GB' / '500MB' / '2GiB' -> bytes (transformers' own parser, as save_pretrained(max_shard_size=...)).
+    Raises ValueError."""
+    from transformers.utils.hub import convert_file_size_to_int
+
+    try:
+        n = convert_file_size_to_int(size)
+    except (ValueError, TypeError, OverflowError):
+        raise ValueError("not a size; write it like 5GB, 500MB or 2GiB") from None
+    if n < 1:
+        raise ValueError("must be at least one byte")
+    return n
 
 
 class CalibrationConfig(Config):

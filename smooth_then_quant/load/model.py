@@ -96,7 +96,11 @@ def resolve_source(name: str) -> tuple[str, dict]:
     if name == DEFAULT_MODEL:
         p = default_model_path()
         return "gguf", {"pretrained_model_name_or_path": str(p.parent), "gguf_file": p.name}
-    p = Path(name).expanduser()
+    try:
+        p = Path(name).expanduser()
+    except RuntimeError:  # ~user with no such user
+        raise SmoothQuantError(f"model path '{name}': its ~ names no user's home folder here; write the path out.") \
+            from None
     if p.suffix == ".gguf":
         if not p.is_file():
             raise SmoothQuantError(f"model file not found: {p}. Check the `model:` path (a .gguf file, a folder "
@@ -126,6 +130,9 @@ def _source_and_config(name: str, dtype: str, device: str, trust_remote_code: bo
     except ValueError as e:
         raise SmoothQuantError(f"device '{device}': {e}.") from None
     kind, kw = resolve_source(name)
+    if revision and kind != "hub":
+        raise SmoothQuantError(f"load.revision '{revision}' selects a commit of a Hub repo, but model '{name}' is a local "
+                               f"{'file' if kind == 'gguf' else 'folder'}; remove load.revision.")
     common = dict(trust_remote_code=trust_remote_code, **({"revision": revision} if revision else {}))
     try:
         config = AutoConfig.from_pretrained(**kw, **common)
@@ -138,12 +145,13 @@ def _source_and_config(name: str, dtype: str, device: str, trust_remote_code: bo
 
 def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu",
                trust_remote_code: bool = False, revision: str | None = None, stream: bool = False,
-               offload_dir: str | None = None) -> LoadedModel:
+               offload_dir: str | None = None, max_memory: int | None = None) -> LoadedModel:
     """Load model and tokenizer. Fails before reading weights when the architecture is unsupported.
 
     stream: read the weights one decoder layer at a time when a step needs them (load/stream.py), so a model
     larger than memory runs; a GGUF file is first dequantized tensor by tensor into a safetensors folder under
-    `offload_dir` (default: the system temporary folder), removed with the model. Checkpoints that cannot
+    `offload_dir` (default: the system temporary folder), removed with the model; the hidden states a walk keeps
+    beyond `max_memory` bytes (default: a quarter of the available memory) spill there too. Checkpoints that cannot
     stream (remote code, a quantized export a format reader unpacks, an export whose runtime hooks or A8
     quantizers re-attach) are loaded whole, and the provenance says so."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -155,7 +163,7 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
         tokenizer = AutoTokenizer.from_pretrained(**kw, **common)
         scratch = Scratch(offload_dir)
         folder = _stream_folder(kind, kw, config, DTYPES[dtype], scratch, revision)
-        model = streamed_model(folder, DTYPES[dtype], device, config, scratch)
+        model = streamed_model(folder, DTYPES[dtype], device, config, scratch, max_memory)
         prov["weights"] = "streamed, one decoder layer at a time" + (
             " (the GGUF file dequantized tensor by tensor into a temporary safetensors folder)" if kind == "gguf" else "")
         log.info("streaming %s (%s, %s) on %s", name, kind, dtype, device)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..arch import adapter_for
-from ..arch.sequential import SOURCE_ATTR
+from ..arch.sequential import SOURCE_ATTR, HiddenStates
 from ..errors import SmoothQuantError
 from ..io import Scratch, ShardWriter
 from .lazy import Checkpoint, _prefixes, onload_small_, skeleton
@@ -37,8 +38,9 @@ SCRATCH_SHARD_BYTES = 64 * 2**20
 class CheckpointSource:
     """The LayerSource of a streamed model: its checkpoint, its per-layer edits and kept layers."""
 
-    def __init__(self, ckpt: Checkpoint, dtype: torch.dtype, device, scratch: Scratch):
+    def __init__(self, ckpt: Checkpoint, dtype: torch.dtype, device, scratch: Scratch, max_memory: int | None = None):
         self.ckpt, self.dtype, self.device, self.scratch = ckpt, dtype, torch.device(device), scratch
+        self.max_memory = default_hidden_budget() if max_memory is None else max_memory
         self.edits: dict[int, list[tuple[str, Edit]]] = {}
         self.kept: dict[int, tuple[Path, int]] = {}  # layer -> (its file, how many of its edits it holds)
         self.history: list[str] = [f"{ckpt.folder.resolve()}:{dtype}"]  # what the state's digest is made of
@@ -87,7 +89,7 @@ class CheckpointSource:
                 path.unlink(missing_ok=True)
                 layer.to("meta")
                 raise SmoothQuantError(f"cannot write layer {li} to the offload folder {self.scratch.path.parent} "
-                                       f"({e.strerror or e}); free space there or set load.offload_dir to a folder "
+                                       f"({e.strerror or e}); free space there or set resources.offload_dir to a folder "
                                        "with room for the quantized layers.") from None
             h = hashlib.blake2b(digest_size=16)
             for n in sorted(tensors):
@@ -97,6 +99,9 @@ class CheckpointSource:
             self.history.append(f"kept {li} {h.hexdigest()}")
             del tensors
         layer.to("meta")
+
+    def hidden_states(self) -> HiddenStates:
+        return HiddenStates(self.max_memory, self.scratch.path)
 
     def embed(self, model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
         """model.get_input_embeddings()(ids) from the checkpoint's rows alone: ids [B, T] -> [B, T, H]."""
@@ -124,22 +129,33 @@ class CheckpointSource:
         return self.ckpt.key(f"{name}.weight", _prefixes(model))
 
 
+def default_hidden_budget() -> int:
+    """A quarter of the memory available now (at least 1 GiB): the hidden states a walk keeps in RAM."""
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        avail = 8 * 2**30
+    return max(2**30, avail // 4)
+
+
 def _layer_prefix(model: nn.Module, li: int) -> str:
     layer = adapter_for(model).decoder_layers(model)[li]
     return next(n for n, m in model.named_modules() if m is layer)
 
 
 def streamed_model(folder: str | Path, dtype: torch.dtype = torch.float32, device="cpu", config=None,
-                   scratch: Scratch | None = None) -> nn.Module:
+                   scratch: Scratch | None = None, max_memory: int | None = None) -> nn.Module:
     """The model in `folder` (safetensors, one file or shards + index) as a streamed skeleton: every shard is
-    checked against the index here, before any work; the small tensors (final norm, positions) are read."""
+    checked against the index here, before any work; the small tensors (final norm, positions) are read.
+    max_memory: bytes of hidden states a walk keeps in RAM before spilling to the scratch folder (default: a
+    quarter of the available memory)."""
     from transformers import AutoConfig
 
     ckpt = Checkpoint(folder)
     config = config if config is not None else AutoConfig.from_pretrained(folder)
     model = skeleton(config, dtype)
     onload_small_(model, ckpt, adapter_for(model).decoder_layers(model), dtype, device)
-    setattr(model, SOURCE_ATTR, CheckpointSource(ckpt, dtype, device, scratch or Scratch()))
+    setattr(model, SOURCE_ATTR, CheckpointSource(ckpt, dtype, device, scratch or Scratch(), max_memory))
     return model
 
 

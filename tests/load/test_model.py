@@ -72,3 +72,12 @@ def test_the_gguf_default_streams_from_a_tensor_by_tensor_dequantization_equal_t
         assert torch.equal(src.ckpt.tensor(key, torch.float32), t), name
     loaded.scratch.cleanup()
     assert list(tmp_path.iterdir()) == []  # the scratch folder is gone
+
+
+def test_a_tilde_path_of_no_user_and_a_revision_of_a_local_model_are_one_line_errors():
+    # regressions (fuzzed recipes): model '~0' raised RuntimeError from pathlib; load.revision on a local
+    # model was silently ignored
+    with pytest.raises(SmoothQuantError, match="names no user's home folder"):
+        resolve_source("~0")
+    with pytest.raises(SmoothQuantError, match="load.revision 'v1' selects a commit of a Hub repo"):
+        load_model("default", revision="v1")
