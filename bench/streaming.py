@@ -352,12 +352,6 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    lines = ["# The layer-streamed engine", "",
-             "Command: `python bench/streaming.py" + (f" --only {' '.join(args.only)}" if len(args.only) < 3 else "")
-             + "`  ",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-             f"{time.strftime('%Y-%m-%d')}. Each row is one process; peak RSS is its VmHWM (imports included: "
-             "Python + torch + transformers alone take about 0.4 GiB); wall time is the whole process.", ""]
     smol = work / "smollm2"  # a safetensors copy of the embedded model
     if not (smol / "config.json").is_file():
         from smooth_then_quant.load import load_model
@@ -365,14 +359,36 @@ def main() -> None:
         loaded.model.save_pretrained(smol)
         loaded.tokenizer.save_pretrained(smol)
         del loaded
-    if "quickstart" in args.only:
-        lines += section_quickstart(work)
-    if "full" in args.only:
-        lines += section_full(args.full_model, work, smol)
-    if "analysis" in args.only:
-        lines += section_analysis(work, smol, args.big)
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    made = {}
+    for name in args.only:
+        head = [f"<!-- section: {name} -->",
+                f"_Command: `python bench/streaming.py --only {name}`; {platform.machine()}, {os.cpu_count()} CPU "
+                f"cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}._", ""]
+        body = (section_quickstart(work) if name == "quickstart" else section_full(args.full_model, work, smol)
+                if name == "full" else section_analysis(work, smol, args.big))
+        made[name] = "\n".join(head + body)
+        print(made[name])
+    write_sections(Path(args.out), made)
+
+
+INTRO = """# The layer-streamed engine
+
+Sections are written by `python bench/streaming.py --only SECTION` (each keeps the others). Each row is one
+process; peak RSS is its VmHWM (imports included: Python + torch + transformers alone take about 0.4 GiB);
+wall time is the whole process.
+"""
+ORDER = ("quickstart", "full", "analysis")
+
+
+def write_sections(path: Path, made: dict[str, str]) -> None:
+    """Replace the sections just measured, keep the others (a full run of every section takes hours)."""
+    old = {}
+    if path.is_file():
+        for chunk in path.read_text(encoding="utf-8").split("<!-- section: ")[1:]:
+            name, _, _ = chunk.partition(" -->")
+            old[name] = "<!-- section: " + chunk.rstrip() + "\n"
+    old.update({k: v.rstrip() + "\n" for k, v in made.items()})
+    path.write_text(INTRO + "\n" + "\n".join(old[k] for k in ORDER if k in old), encoding="utf-8")
 
 
 if __name__ == "__main__":
