@@ -15,20 +15,22 @@ SMALL = ["calibration.samples=8", "calibration.seq_len=64", "evaluation.seq_len=
          "evaluation.evidence_samples=4", "smoothing.migrate.search_samples=2", "smoothing.migrate.target.group_size=32"]
 
 
-def _run(tmp_path, folder, device):
+def _run(tmp_path, folder, device, stream="true"):
     recipe = tmp_path / f"{device}.yaml"
     recipe.write_text(f"model: {folder}\nsmoothing: {{enabled: true}}\noutput_dir: {tmp_path / device}\n"
                       "quantization: {enabled: true, schemes: {W4A8: {weights: {bits: 4, group_size: 32}, "
                       "activations: {granularity: per_tensor}}}}\n"
                       "export: {model: true, quantized: {scheme: W4A8, state: smoothed}}\n")
-    args = [str(recipe), "-q", "--set", f"load.device={device}"] + [a for kv in SMALL for a in ("--set", kv)]
+    args = [str(recipe), "-q", "--set", f"load.device={device}", "--set", f"load.stream={stream}", "--set",
+            "overwrite=true"] + [a for kv in SMALL for a in ("--set", kv)]
     assert main(args) == 0
     return json.loads((tmp_path / device / "report.json").read_text())
 
 
-def test_the_pipeline_on_cuda_matches_cpu(tmp_path):
+@pytest.mark.parametrize("stream", ["true", "false"])  # layers streamed to the GPU, or the model held there whole
+def test_the_pipeline_on_cuda_matches_cpu(tmp_path, stream):
     save_tiny(tmp_path / "m", "llama")
-    cpu, gpu = _run(tmp_path, tmp_path / "m", "cpu"), _run(tmp_path, tmp_path / "m", "cuda")
+    cpu, gpu = _run(tmp_path, tmp_path / "m", "cpu", stream), _run(tmp_path, tmp_path / "m", "cuda", stream)
     assert [r["kind"] for r in cpu["smoothing"]["plan"]["summary"]] == \
         [r["kind"] for r in gpu["smoothing"]["plan"]["summary"]]
     for a, b in zip(cpu["quantization"]["rows"], gpu["quantization"]["rows"]):

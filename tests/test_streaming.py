@@ -182,3 +182,32 @@ def test_hidden_states_beyond_the_memory_budget_spill_to_disk_with_the_same_numb
     for m in (roomy.model, tight.model):
         gptq_(m, ids, GPTQConfig(bits=4, group_size=32), batch_size=2)
     assert torch.equal(window_nll(roomy.model, ids, 2, False), window_nll(tight.model, ids, 2, False))
+
+
+@pytest.mark.slow
+def test_smollm2_streamed_from_its_gguf_gives_the_report_and_exports_of_the_whole_model(tmp_path):
+    """The embedded default (GGUF, dequantized tensor by tensor into the scratch folder), streamed, against the
+    model held whole: same plan, perplexities within 1e-6, bit-identical exports (bench/streaming.py runs the
+    full quickstart this way)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: default\nsmoothing: {enabled: true, migrate: {search_samples: 2}}\n"
+                      "calibration: {samples: 4, seq_len: 128}\nanalysis: {plots: false}\n"
+                      "evaluation: {seq_len: 128, max_windows: 4, per_intervention: false, evidence_samples: 2}\n"
+                      "quantization: {enabled: true, compare: [baseline, paper, smoothed], schemes: {W4A8: {weights: "
+                      "{bits: 4, group_size: 64}, activations: {granularity: per_tensor}}}}\n"
+                      "export: {model: true, quantized: {scheme: W4A8, state: smoothed, format: compressed-tensors}}\n"
+                      "output_dir: unused\n")
+    reports = {}
+    for stream in ("false", "true"):
+        assert main([str(recipe), "-q", "--set", f"load.stream={stream}", "--set",
+                     f"output_dir={tmp_path / stream}"]) == 0
+        reports[stream] = json.loads((tmp_path / stream / "report.json").read_text())
+    whole, streamed = reports["false"], reports["true"]
+    assert streamed["model"]["weights"].startswith("streamed") and "weights" not in whole["model"]
+    assert streamed["smoothing"]["plan"] == whole["smoothing"]["plan"]
+    assert streamed["analysis"] == whole["analysis"]
+    for a, b in zip(whole["quantization"]["rows"], streamed["quantization"]["rows"]):
+        assert b["ppl"]["offline"] == pytest.approx(a["ppl"]["offline"], rel=1e-6), (a["scheme"], a["state"])
+    for sub in ("model", "quantized"):
+        ta, tb = _tensors(tmp_path / "false" / sub), _tensors(tmp_path / "true" / sub)
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), sub

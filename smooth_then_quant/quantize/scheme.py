@@ -17,6 +17,7 @@ import torch
 from pydantic import SerializeAsAny, field_validator
 from torch import nn
 
+from ..arch import is_streamed
 from ..errors import SmoothQuantError
 from ..schema import Config
 from .fake import attach_act_quant_, linear_modules, rtn_weights_, weight_view
@@ -45,6 +46,9 @@ def register_weight_method(m: WeightMethod) -> WeightMethod:
 
 def _gptq(model, cfg: GPTQConfig, ids, batch_size: int, backend: str, tokenizer) -> dict:
     if backend == "gptqmodel":
+        if is_streamed(model):
+            raise SmoothQuantError("the gptqmodel backend quantizes a whole model from disk: load it whole "
+                                   "(load_model(..., stream=False)), or use the builtin backend, which streams")
         if tokenizer is None:
             raise SmoothQuantError("the gptqmodel backend writes the model to disk for GPTQModel: pass the tokenizer")
         return gptqmodel_(model, tokenizer, ids, cfg, batch_size=batch_size)
