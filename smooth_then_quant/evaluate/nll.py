@@ -117,7 +117,8 @@ def window_nll(model: nn.Module, ids: torch.Tensor, batch_size: int = 1, progres
 def perplexity(model: nn.Module, ids: torch.Tensor, batch_size: int = 1, progress: bool = True,
                desc: str = "perplexity") -> float:
     """exp(mean token NLL); every window has seq_len-1 scored tokens, so the mean of window means."""
-    return math.exp(float(window_nll(model, ids, batch_size, progress, desc).mean()))
+    nll = float(window_nll(model, ids, batch_size, progress, desc).mean())
+    return math.exp(nll) if nll < 709 else math.inf  # a diverged model (e.g. 2-bit weights) reports inf, not a crash
 
 
 def model_fingerprint(model: nn.Module, extra: str = "") -> str:

@@ -44,3 +44,18 @@ def test_cache_does_not_recompute_the_same_state():
     with torch.no_grad():
         model.lm_head.weight.mul_(2)
     assert cache.perplexity(model, char_tokenizer(), "offline", cfg) != a and cache.hits == 1
+
+def test_a_diverged_model_reports_an_infinite_perplexity_instead_of_crashing():
+    # regression: math.exp overflowed (OverflowError) on a random 3B-shaped model whose mean NLL was > 709
+    import math
+
+    import torch
+
+    from planting import tiny_model
+    from smooth_then_quant.evaluate import perplexity
+
+    model = tiny_model("llama", init=0.05)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1e6)
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert perplexity(model, ids, 2, False) == math.inf
