@@ -2,18 +2,18 @@
 checkpoint's safetensors shards one decoder layer at a time (llm-compressor's sequential onloading).
 
     ckpt = Checkpoint("folder")                      # every shard checked against the index, before any work
-    model = skeleton(ckpt, torch.float32)            # parameters on meta; buffers (rotary) real; small ones loaded
-    with onloaded(model.model.layers[3], ckpt, "model.layers.3", torch.float32, "cpu") as layer: ...
+    model = skeleton(config, torch.float32)          # parameters on meta; buffers (rotary) real
+    onload_small_(model, ckpt, layers, torch.float32, "cpu")              # final norm, positions: resident
     rows = ckpt.rows("model.embed_tokens.weight", ids, torch.float32)     # only the embedding rows ids need
+
+stream.py builds the streamed model from these (its LayerSource reads one decoder layer at a time).
 
 accelerate builds the skeleton (`init_empty_weights`) and places each tensor (`set_module_tensor_to_device`);
 safetensors reads each tensor, or a row range of one, without touching the rest of its file.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -110,34 +110,9 @@ def skeleton(config, dtype: torch.dtype) -> nn.Module:
     return model.eval()
 
 
-def _prefixes(model: nn.Module) -> tuple[str, ...]:
+def model_prefixes(model: nn.Module) -> tuple[str, ...]:
     prefix = getattr(model, "base_model_prefix", "")
     return (prefix,) if prefix else ()
-
-
-def onload_(module: nn.Module, ckpt: Checkpoint, prefix: str, dtype: torch.dtype, device, root: nn.Module) -> None:
-    """Every parameter of `module` (qualified in the model by `prefix`) from the checkpoint, on `device`."""
-    from accelerate.utils import set_module_tensor_to_device
-
-    for name, _ in list(module.named_parameters()):
-        key = ckpt.key(f"{prefix}.{name}" if prefix else name, _prefixes(root))
-        set_module_tensor_to_device(module, name, device, value=ckpt.tensor(key, dtype))
-
-
-def offload_(module: nn.Module) -> None:
-    """Free the parameters of `module` (back to meta)."""
-    module.to("meta")
-
-
-@contextlib.contextmanager
-def onloaded(module: nn.Module, ckpt: Checkpoint, prefix: str, dtype: torch.dtype, device, root: nn.Module
-             ) -> Iterator[nn.Module]:
-    """`module` with its weights resident for the block, freed after (however the block ends)."""
-    onload_(module, ckpt, prefix, dtype, device, root)
-    try:
-        yield module
-    finally:
-        offload_(module)
 
 
 def onload_small_(model: nn.Module, ckpt: Checkpoint, layers: nn.ModuleList, dtype: torch.dtype, device) -> None:
@@ -150,4 +125,4 @@ def onload_small_(model: nn.Module, ckpt: Checkpoint, layers: nn.ModuleList, dty
             skip |= {id(p) for p in emb.parameters()}
     for name, p in list(model.named_parameters()):
         if id(p) not in skip:
-            set_module_tensor_to_device(model, name, device, value=ckpt.tensor(ckpt.key(name, _prefixes(model)), dtype))
+            set_module_tensor_to_device(model, name, device, value=ckpt.tensor(ckpt.key(name, model_prefixes(model)), dtype))

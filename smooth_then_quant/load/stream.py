@@ -29,7 +29,7 @@ from ..arch import adapter_for
 from ..arch.sequential import SOURCE_ATTR, HiddenStates
 from ..errors import SmoothQuantError
 from ..io import Scratch, ShardWriter
-from .lazy import Checkpoint, _prefixes, onload_small_, skeleton
+from .lazy import Checkpoint, model_prefixes, onload_small_, skeleton
 
 Edit = Callable[[nn.Module], None]
 SCRATCH_SHARD_BYTES = 64 * 2**20
@@ -73,7 +73,7 @@ class CheckpointSource:
         else:
             prefix = _layer_prefix(model, li)
             for name, _ in list(layer.named_parameters()):
-                key = self.ckpt.key(f"{prefix}.{name}", _prefixes(model))
+                key = self.ckpt.key(f"{prefix}.{name}", model_prefixes(model))
                 set_module_tensor_to_device(layer, name, self.device, value=self.ckpt.tensor(key, self.dtype))
         with torch.no_grad():
             for _, edit in self.edits.get(li, [])[done:]:
@@ -87,7 +87,7 @@ class CheckpointSource:
                 save_file(tensors, str(path))
             except OSError as e:  # full disk, a folder removed under the run
                 path.unlink(missing_ok=True)
-                layer.to("meta")
+                _free(layer)
                 raise SmoothQuantError(f"cannot write layer {li} to the offload folder {self.scratch.path.parent} "
                                        f"({e.strerror or e}); free space there or set resources.offload_dir to a folder "
                                        "with room for the quantized layers.") from None
@@ -98,7 +98,7 @@ class CheckpointSource:
             self.kept[li] = (path, len(self.edits.get(li, [])))
             self.history.append(f"kept {li} {h.hexdigest()}")
             del tensors
-        layer.to("meta")
+        _free(layer)
 
     def hidden_states(self) -> HiddenStates:
         return HiddenStates(self.max_memory, self.scratch.path)
@@ -122,11 +122,19 @@ class CheckpointSource:
 
     def tensor(self, model: nn.Module, name: str) -> torch.Tensor:
         """A tensor outside the decoder layers (the embedding, an untied lm_head) by its name in the model."""
-        return self.ckpt.tensor(self.ckpt.key(name, _prefixes(model)), self.dtype)
+        return self.ckpt.tensor(self.ckpt.key(name, model_prefixes(model)), self.dtype)
 
     def _key_of(self, model: nn.Module, module: nn.Module) -> str:
         name = next(n for n, m in model.named_modules() if m is module)
-        return self.ckpt.key(f"{name}.weight", _prefixes(model))
+        return self.ckpt.key(f"{name}.weight", model_prefixes(model))
+
+
+def _free(layer: nn.Module) -> None:
+    """The layer's parameters back to meta; its buffers (never read from the checkpoint) stay."""
+    from accelerate.utils import set_module_tensor_to_device
+
+    for name, _ in list(layer.named_parameters()):
+        set_module_tensor_to_device(layer, name, "meta")
 
 
 def default_hidden_budget() -> int:

@@ -137,10 +137,11 @@ def migrations(model: nn.Module, ids: torch.Tensor, cfg: MigrateConfig, skip_dow
         layer = layers[li]
         weights = norm_readers(layer, adapter, site) if site else [adapter.weight(layer, adapter.mlp_out)]
         x = t.detach().reshape(-1, t.shape[-1]).float()
+        act = amax[(li, point)].to(x.device)  # statistics live on the CPU; the layer may not
         if not searching:
-            alpha, s, errors = cfg.alpha, fixed_alpha(weights, amax[(li, point)], cfg.alpha), None
+            alpha, s, errors = cfg.alpha, fixed_alpha(weights, act, cfg.alpha), None
         else:
-            alpha, s, errors = choose_alpha(x, weights, amax[(li, point)], cfg.target, cfg.grid)
+            alpha, s, errors = choose_alpha(x, weights, act, cfg.target, cfg.grid)
         if s is None:
             found[(li, point)] = None
             return
