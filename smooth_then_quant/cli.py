@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import signal
 import sys
 
 import tqdm
@@ -12,6 +11,7 @@ import transformers
 
 from . import progress
 from .errors import SmoothQuantError
+from .output import Interrupted, handle_signals, hold
 from .pipeline import describe_stages, run
 from .recipe import dump_recipe, load_recipe
 
@@ -44,32 +44,41 @@ def main(argv: list[str] | None = None) -> int:
         progress.set_enabled(False)
         tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, disable=True)
         transformers.utils.logging.disable_progress_bar()
-    signal.signal(signal.SIGTERM, _terminate)  # `kill`: clean up like Ctrl-C (no partial output)
-    try:
-        overrides = args.overrides + ([f"stage={args.stage}"] if args.stage else [])
-        recipe = load_recipe(args.recipe, overrides)
-        if args.dry_run:
-            print(dump_recipe(recipe) + "\n# stages\n" + "\n".join(describe_stages(recipe)))
-            return 0
-        summary = run(recipe)
-    except SmoothQuantError as e:
-        print("smooth-quant: error: " + " ".join(str(e).split("\n")), file=sys.stderr)  # one paragraph, always
-        return 2
-    except KeyboardInterrupt:
-        print("smooth-quant: interrupted; no partial output was left behind.", file=sys.stderr)
-        return 130
-    if not args.quiet:
-        print(render_summary(summary))
+    with handle_signals():  # SIGINT, SIGTERM, SIGHUP, SIGQUIT: clean up, then say truly what is on disk
+        try:
+            overrides = args.overrides + ([f"stage={args.stage}"] if args.stage else [])
+            recipe = load_recipe(args.recipe, overrides)
+            if args.dry_run:
+                print(dump_recipe(recipe) + "\n# stages\n" + "\n".join(describe_stages(recipe)))
+                return 0
+            summary = run(recipe, source=args.recipe)
+        except SmoothQuantError as e:
+            print("smooth-quant: error: " + " ".join(str(e).split("\n")), file=sys.stderr)  # one paragraph, always
+            return 2
+        except KeyboardInterrupt as e:  # Interrupted, or a KeyboardInterrupt from a thread's SIGINT
+            what = e.name if isinstance(e, Interrupted) else "SIGINT"
+            detail = getattr(e, "detail", None) or "nothing was written to output_dir"
+            print(f"smooth-quant: interrupted ({what}); {detail}.", file=sys.stderr)
+            return 130
+        with hold() as late:
+            if not args.quiet:
+                print(render_summary(summary))
+            elif summary.get("kept_beside"):
+                print(f"smooth-quant: {summary['kept_beside']} was filled by something else during the run; it was "
+                      f"left as it was and the outputs are in {summary['output_dir']}.", file=sys.stderr)
+        if late:
+            print(f"smooth-quant: interrupted ({Interrupted(late[0]).name}) after the run had completed: the outputs "
+                  f"are in {summary['output_dir']}.", file=sys.stderr)
+            return 130
     return 0
-
-
-def _terminate(signum, frame):
-    raise KeyboardInterrupt  # unwinds through the atomic output folder, which removes itself
 
 
 def render_summary(s: dict) -> str:
     out = s["output_dir"]
     lines = [f"done. Outputs in {out}/", f"  report            {s['report']} (and report.json)"]
+    if s.get("kept_beside"):
+        lines.insert(0, f"output_dir {s['kept_beside']} was filled by something else during the run: it was left as "
+                        "it was, and the outputs were kept beside it.")
     if s.get("plots"):
         lines.append(f"  plots             {len(s['plots'])} PNG files in {out}/")
     if s.get("model"):

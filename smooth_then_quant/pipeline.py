@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SmoothQuantError
-from .io import atomic_output_dir, check_output_dir
+from .output import Interrupted, OutputDir, check_output_path
 from .recipe import Recipe
 from .stages import (Run, compared_states, describe_analyze, describe_load, describe_paper, describe_quantize,
                      describe_smooth, exports, push, run_analyze, run_export, run_load, run_paper, run_quantize,
@@ -71,8 +71,16 @@ def stages(recipe: Recipe) -> list[Stage]:
     return [s for s in STAGES if s.runs(recipe)]
 
 
+def check(recipe: Recipe) -> None:
+    """What the run would refuse later, refused now (the run and --dry-run both call this)."""
+    if recipe.export.push_to_hub and not exports(recipe, _ran(recipe)):
+        raise SmoothQuantError("export.push_to_hub is set but nothing would be exported (export.model is false, or the "
+                               f"stage ({recipe.stage}) stops before smoothing): nothing to push.")
+
+
 def describe_stages(recipe: Recipe) -> list[str]:
-    """What --dry-run prints: one or more lines per stage the run would run, in order."""
+    """What --dry-run prints: one or more lines per stage the run would run, in order (after check())."""
+    check(recipe)
     lines = [line for s in stages(recipe) for line in s.describe(recipe)]
     x = recipe.export
     if x.push_to_hub:
@@ -83,18 +91,43 @@ def describe_stages(recipe: Recipe) -> list[str]:
     return lines
 
 
-def run(recipe: Recipe) -> dict:
-    """Run the recipe into output_dir (written whole or not at all); returns where things went."""
-    out = Path(recipe.output_dir)
-    check_output_dir(out, recipe.overwrite)  # fail before minutes of work, not after
-    if recipe.export.push_to_hub and not exports(recipe, _ran(recipe)):
-        raise SmoothQuantError("export.push_to_hub is set but nothing would be exported (export.model is false, or the "
-                               "stage stops before smoothing): nothing to push.")
+def _local(spec: str) -> Path | None:
+    try:
+        p = Path(spec).expanduser()
+        return p if p.exists() else None
+    except (RuntimeError, OSError, ValueError):
+        return None
+
+
+def output_guards(recipe: Recipe, source: str | Path | None = None) -> tuple[list[Path], list[Path], int]:
+    """What output_dir must leave alone -> (protect: the model folder, keep: the recipe's and the data files'
+    folders, the bytes the outputs need: about the checkpoint's size per exported model, when it is local)."""
+    model = _local(recipe.model)
+    protect = [model if model.is_dir() else model.parent] if model is not None else []
+    data = [_local(d) for d in [recipe.calibration.data, *recipe.evaluation.datasets]]
+    keep = [d.parent if d.is_file() else d for d in data if d is not None]
+    if source is not None:
+        keep.append(Path(source).resolve().parent)
+    size = 0
+    if model is not None:
+        files = [model] if model.is_file() else [*model.glob("*.safetensors"), *model.glob("*.gguf")]
+        size = sum(f.stat().st_size for f in files)
+    return protect, keep, size * len(exports(recipe, _ran(recipe))) + 64 * 2**20
+
+
+def run(recipe: Recipe, source: str | Path | None = None) -> dict:
+    """Run the recipe into output_dir (written whole or not at all); returns where things went.
+    `source`: the recipe file, whose folder output_dir may not replace."""
+    protect, keep, need = output_guards(recipe, source)
+    target = check_output_path(recipe.output_dir, recipe.overwrite, protect, keep, need)  # before any work
+    check(recipe)
     if recipe.export.quantized and not _quantizes(recipe):
         log.warning("stage %s stops before quantization: export.quantized is skipped", recipe.stage)
     todo = stages(recipe)
-    with atomic_output_dir(out, recipe.overwrite) as tmp:
-        state = Run(recipe, tmp)
+    with OutputDir(target, recipe.overwrite) as out:
+        for line in out.recovered:
+            log.warning("%s", line)
+        state = Run(recipe, out.tmp)
         state.report["stages"] = [s.name for s in todo]
         try:
             for stage in todo:
@@ -103,11 +136,21 @@ def run(recipe: Recipe) -> dict:
         finally:  # the streamed model's scratch (in the partial folder unless load.offload_dir) goes first
             if state.loaded is not None and state.loaded.scratch is not None:
                 state.loaded.scratch.cleanup()
-    log.info("outputs written to %s", out)
-    summary = {"output_dir": str(out), "report": str(out / "report.md"), "stages": [s.name for s in todo],
-               "plots": [str(out / p) for p in state.plots], **{k: str(out / v) for k, v in state.exported.items()}}
+    final = out.final
+    if out.kept_beside:
+        log.warning("output_dir %s was filled by something else during the run: it was left as it was, and the "
+                    "outputs are beside it in %s", target, final)
+    else:
+        log.info("outputs written to %s", final)
+    summary = {"output_dir": str(final), "report": str(final / "report.md"), "stages": [s.name for s in todo],
+               "plots": [str(final / p) for p in state.plots], **{k: str(final / v) for k, v in state.exported.items()},
+               "kept_beside": str(target) if out.kept_beside else None}
     if "quantized" in summary:
         summary["quantized_format"] = recipe.export.quantized.format
     if recipe.export.push_to_hub:
-        summary["hub"] = push(recipe, out, state.exported)
+        try:
+            summary["hub"] = push(recipe, final, state.exported)
+        except Interrupted as e:
+            e.detail = f"the run had completed (outputs in {final}); the push to the Hub was interrupted"
+            raise
     return summary

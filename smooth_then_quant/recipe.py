@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import ValidationError, model_validator
+from pydantic import ValidationError, field_validator, model_validator
 
 from .detect import AnalysisConfig
 from .errors import SmoothQuantError
@@ -20,7 +20,8 @@ from .evaluate import EvalConfig, QuantizationConfig
 from .export import get_format
 from .export.config import ExportConfig
 from .load import CalibrationConfig, LoadConfig, ResourcesConfig
-from .schema import Config, explain
+from .load.model import resolve_source
+from .schema import Config, explain, short_repr
 from .smooth import SmoothingConfig
 
 
@@ -37,6 +38,16 @@ class Recipe(Config):
     export: ExportConfig = ExportConfig()
     output_dir: str
     overwrite: bool = False
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, v: str) -> str:
+        """A local path must exist now (a hub id is checked when it is downloaded): --dry-run catches it too."""
+        try:
+            resolve_source(v)
+        except SmoothQuantError as e:
+            raise ValueError(str(e)) from None
+        return v
 
     @model_validator(mode="after")
     def _export_matches(self):
@@ -69,6 +80,14 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise SmoothQuantError(f"recipe {path} is not valid YAML: " + " ".join(str(e).split())) from None
     except UnicodeDecodeError:
         raise SmoothQuantError(f"recipe {path} is not UTF-8 text.") from None
+    except RecursionError:
+        raise SmoothQuantError(f"recipe {path} is nested too deeply to be a recipe.") from None
+    except ValueError as e:
+        if "integer string conversion" in str(e):
+            raise SmoothQuantError(f"recipe {path} holds an integer of more than 4,300 digits; no key takes one.") from None
+        raise SmoothQuantError(f"recipe {path} holds a value YAML cannot read: {' '.join(str(e).split())[:160]}") from None
+    except OSError as e:
+        raise SmoothQuantError(f"cannot read recipe {path}: {e.strerror or e}.") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -83,17 +102,21 @@ def apply_override(raw: dict, item: str) -> None:
     """KEY.PATH=VALUE, VALUE parsed as YAML (numbers, booleans, null, lists)."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise SmoothQuantError(f"--set expects KEY=VALUE with a dotted key, e.g. --set calibration.samples=8 (got '{item}').")
+        raise SmoothQuantError("--set expects KEY=VALUE with a dotted key, e.g. --set calibration.samples=8 "
+                               f"(got {short_repr(item)}).")
     try:
         parsed = yaml.safe_load(value) if value.strip() else value
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # not YAML, or a number YAML cannot hold (5,000 digits): the text itself
         parsed = value
+    except RecursionError:
+        raise SmoothQuantError(f"--set {key[:60]}: the value is nested too deeply.") from None
     parts = key.strip().split(".")
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise SmoothQuantError(f"--set {key}: '{'.'.join(parts[:i + 1])}' is a value, not a section.")
+            raise SmoothQuantError(f"--set {short_repr(key)}: {short_repr('.'.join(parts[:i + 1]))} is a value, not a "
+                                   "section.")
         node = child
     node[parts[-1]] = parsed
 

@@ -24,7 +24,8 @@ _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlev
 
 
 class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and inf are refused for every float key (a NaN ratio or threshold silently disables a comparison)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def __init__(self, *args, **kwargs):
         if args:
@@ -115,7 +116,7 @@ def _child(ann: Any, part: Any, value: Any) -> tuple[Any, Any]:
 
 
 def _explain(err: dict, root: type, raw: Any) -> str:
-    loc = [_SHORT.repr(p)[1:-1] if isinstance(p, str) and not p.isprintable() else str(p)[:80] for p in err["loc"]]
+    loc = [short_repr(p)[1:-1] if isinstance(p, str) and not p.isprintable() else str(p)[:80] for p in err["loc"]]
     where = ".".join(loc) or "(top level)"
     if err["type"] == "extra_forbidden" and loc:
         allowed = fields_at(root, list(err["loc"])[:-1], raw)
@@ -128,8 +129,33 @@ def _explain(err: dict, root: type, raw: Any) -> str:
     if not loc:  # a rule across sections (e.g. export.quantized must name a scheme): the message says it all
         return msg
     value = err.get("input")
-    shown = "a mapping" if isinstance(value, dict) else _SHORT.repr(value)  # bounded: never the full repr
-    return f"bad value {shown} for '{where}': {msg}"
+    shown = "a mapping" if isinstance(value, dict) else short_repr(value)  # bounded: never the full repr
+    why = _reason(root, list(err["loc"]), raw) if err["type"] in _BOUNDS else None
+    return f"bad value {shown} for '{where}': {msg}" + (f" ({why})" if why else "")
+
+
+_BOUNDS = ("less_than", "less_than_equal", "greater_than", "greater_than_equal")
+
+
+def short_repr(value: Any) -> str:
+    """A repr of at most ~60 characters, whatever the value (a 5,000-digit int, a YAML alias bomb)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"<a {'negative ' if value < 0 else ''}integer of about {int(value.bit_length() * 0.30103)} digits>"
+    try:
+        return _SHORT.repr(value)
+    except (ValueError, RecursionError):
+        return f"<a {type(value).__name__}>"
+
+
+def _reason(root: type, loc: list, raw: Any) -> str | None:
+    """Why a key has its bounds: the `description` of its Field, when it has one."""
+    ann, value = root, raw
+    for part in loc[:-1]:
+        ann, value = _child(ann, part, value)
+    if _is_union(ann):
+        ann = next((a for a in typing.get_args(ann) if _is_config(a)), None)
+    field = ann.model_fields.get(loc[-1]) if _is_config(ann) and loc else None
+    return field.description if field is not None else None
 
 
 def fields_at(root: type, loc: list, raw: Any = None) -> list[str]:

@@ -25,7 +25,7 @@ class AnalysisConfig(Config):
     """`analysis:` — the paper's rules, how many top values to keep, and whether to draw plots."""
     massive: MassiveRule = MassiveRule()
     channel: ChannelRule = ChannelRule()
-    top_k: int = Field(10, ge=3)
+    top_k: int = Field(10, ge=3, le=10_000, description="values kept per point and window")
     plots: bool = True
 
 

@@ -26,11 +26,11 @@ C4_WINDOWS = 256
 class EvalConfig(Config):
     """`evaluation:` — perplexity windows, and the evidence the smoothing report measures."""
     datasets: list[str] = ["offline"]  # offline | wikitext2 | c4 | path to .txt/.jsonl
-    seq_len: int = Field(2048, ge=2)
-    max_windows: int | None = Field(None, ge=1)  # None: every window (c4: 256)
-    batch_size: int = Field(1, ge=1)
+    seq_len: int = Field(2048, ge=2, le=1_048_576, description="2^20 tokens is past any model's context")
+    max_windows: int | None = Field(None, ge=1, le=1_000_000, description="a million windows is past any evaluation set")  # None: every window (c4: 256)
+    batch_size: int = Field(1, ge=1, le=4096, description="windows per forward")
     per_intervention: bool = True  # smoothing evidence for each intervention alone, not only combined
-    evidence_samples: int = Field(8, ge=1)  # calibration windows probed before/after smoothing
+    evidence_samples: int = Field(8, ge=1, le=10_000, description="windows probed twice, before and after smoothing")  # calibration windows probed before/after smoothing
 
     @field_validator("datasets")
     @classmethod

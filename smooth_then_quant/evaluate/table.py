@@ -33,7 +33,7 @@ class QuantizationConfig(Config):
                                                                 for k, v in DEFAULT_SCHEMES.items()})
     compare: list[Literal["baseline", "paper", "smoothed"]] = list(STATES)
     paper: SmoothingConfig = Field(default_factory=lambda: SmoothingConfig(**PAPER_SMOOTHING))  # the paper's smoothing
-    batch_size: int = Field(1, ge=1)  # calibration windows per GPTQ layer forward (1: least memory)
+    batch_size: int = Field(1, ge=1, le=4096, description="windows per forward")  # calibration windows per GPTQ layer forward (1: least memory)
     gptq_backend: Literal[GPTQ_BACKENDS] = "builtin"  # builtin: faster on CPU, same PPL (bench/)
 
     @model_validator(mode="before")

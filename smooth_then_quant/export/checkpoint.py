@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..io import atomic_output_dir
+from ..output import OutputDir, check_output_path, model_folders
 from ..smooth.plan import SmoothingPlan
 from .formats.common import write_weights, model_tensors
 
@@ -52,7 +52,7 @@ def save_smoothed(model: nn.Module, tokenizer, plan: SmoothingPlan, folder: Path
 def export_smoothed(model: nn.Module, tokenizer, plan: SmoothingPlan, path: str | Path,
                     overwrite: bool = False, max_shard_size: int = MAX_SHARD_BYTES) -> Path:
     """Atomic export to `path` (refused if it exists and is not empty, unless overwrite)."""
-    path = Path(path)
-    with atomic_output_dir(path, overwrite) as tmp:
-        save_smoothed(model, tokenizer, plan, tmp, max_shard_size)
-    return path
+    target = check_output_path(path, overwrite, protect=model_folders(model))
+    with OutputDir(target, overwrite) as out:
+        save_smoothed(model, tokenizer, plan, out.tmp, max_shard_size)
+    return out.final

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..arch import runtime_ops
 from ..errors import SmoothQuantError
-from ..io import atomic_output_dir
+from ..output import OutputDir, check_output_path, model_folders
 from ..quantize.fake import act_quant_state
 from .checkpoint import MAX_SHARD_BYTES, PLAN_FILE, save_config
 from .formats import ExportFormat, get_format
@@ -75,8 +75,8 @@ def save_quantized(model: nn.Module, tokenizer, folder: Path, plan=None, format:
 def export_quantized(model: nn.Module, tokenizer, path: str | Path, plan=None, overwrite: bool = False,
                      format: str = "gptq", max_shard_size: int = MAX_SHARD_BYTES) -> Path:
     """Atomic export of a quantized model to `path` (refused if it exists and is not empty, unless overwrite)."""
-    path = Path(path)
+    target = check_output_path(path, overwrite, protect=model_folders(model))
     check_quantized(model, plan, format)  # refusals (format limits) before any folder is made
-    with atomic_output_dir(path, overwrite) as tmp:
-        save_quantized(model, tokenizer, tmp, plan, format, max_shard_size)
-    return path
+    with OutputDir(target, overwrite) as out:
+        save_quantized(model, tokenizer, out.tmp, plan, format, max_shard_size)
+    return out.final

@@ -97,9 +97,9 @@ def size_bytes(size: str) -> int:
 
 class CalibrationConfig(Config):
     data: str = "offline"  # offline | wikitext2 | c4 | path to .txt/.jsonl
-    samples: int = Field(32, ge=1)
-    seq_len: int = Field(512, ge=2)
-    seed: int = 0
-    batch_size: int = Field(4, ge=1)  # windows per forward of the probe, the α search and the A8 ranges
+    samples: int = Field(32, ge=1, le=100_000, description="every window runs through every layer; 100,000 is past any calibration set in use")
+    seq_len: int = Field(512, ge=2, le=1_048_576, description="2^20 tokens is past any model's context")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="torch's generator takes a 64-bit seed")
+    batch_size: int = Field(4, ge=1, le=4096, description="windows per forward")  # windows per forward of the probe, the α search and the A8 ranges
 
     _source = field_validator("data")(classmethod(lambda cls, v: data_source(v)))

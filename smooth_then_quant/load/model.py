@@ -101,6 +101,14 @@ def resolve_source(name: str) -> tuple[str, dict]:
     except RuntimeError:  # ~user with no such user
         raise SmoothQuantError(f"model path '{name}': its ~ names no user's home folder here; write the path out.") \
             from None
+    try:
+        return _local_source(name, p)
+    except OSError as e:  # a name too long for the filesystem, a loop of symlinks, no permission
+        raise SmoothQuantError(f"model path {name[:80]!r}{'...' if len(name) > 80 else ''} cannot be read: "
+                               f"{e.strerror or e}; check the `model:` value.") from None
+
+
+def _local_source(name: str, p: Path) -> tuple[str, dict]:
     if p.suffix == ".gguf":
         if not p.is_file():
             raise SmoothQuantError(f"model file not found: {p}. Check the `model:` path (a .gguf file, a folder "
@@ -114,6 +122,12 @@ def resolve_source(name: str) -> tuple[str, dict]:
     if p.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise SmoothQuantError(f"model not found: '{name}' is neither a folder with config.json, a .gguf file, "
                                f"nor a hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct'.")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise SmoothQuantError(f"model {name[:80]!r}{'...' if len(name) > 80 else ''} is not a local path, and not a "
+                               "valid hub id (owner/name, letters, digits, - _ . only, at most 96 characters).") from None
     return "hub", {"pretrained_model_name_or_path": name}
 
 

@@ -24,10 +24,10 @@ class MassiveRule(Config):
 
 
 class ProbeConfig(Config):
-    batch_size: int = Field(4, ge=1)  # calibration windows per forward
-    top_k: int = Field(10, ge=1)  # largest |a| kept per point
+    batch_size: int = Field(4, ge=1, le=4096, description="windows per forward")  # calibration windows per forward
+    top_k: int = Field(10, ge=1, le=10_000, description="values kept per point and window")  # largest |a| kept per point
     massive: MassiveRule = MassiveRule()  # the loosest rule recorded (detect applies its own, stricter or equal)
-    max_records: int = Field(20000, ge=1)  # massive-activation elements kept per point (all are counted)
+    max_records: int = Field(20000, ge=1, le=100_000_000, description="each record is kept in memory")  # massive-activation elements kept per point (all are counted)
 
 
 @dataclass

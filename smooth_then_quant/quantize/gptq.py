@@ -44,7 +44,7 @@ class GPTQConfig(Config):
     act_order: ActOrder = "off"  # off | desc (act-order / desc_act) | group_aware (GPTQModel's GAR)
     damp: float = Field(0.05, gt=0, lt=1)  # fraction of mean(diag H) added to the diagonal (GPTQModel's default)
     true_sequential: bool = True  # q/k/v -> o -> gate/up -> down, re-collecting inputs after each
-    block_size: int = Field(128, ge=1)  # columns per lazy batch update
+    block_size: int = Field(128, ge=1, le=65536, description="columns per lazy update; wider than any projection past 65,536")  # columns per lazy batch update
     method: Literal["gptq"] = "gptq"
 
     @field_validator("act_order", mode="before")

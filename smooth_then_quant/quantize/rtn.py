@@ -19,6 +19,8 @@ from ..schema import Config
 def _group_size(v: int) -> int:
     if v == 0 or v < -1:
         raise ValueError("group_size must be -1 (per channel) or a positive group width such as 64 or 128")
+    if v > 1 << 20:
+        raise ValueError("group_size is wider than any projection (2^20 inputs); use -1 for one group per row")
     return v
 
 

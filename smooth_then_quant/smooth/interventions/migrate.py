@@ -34,7 +34,7 @@ class MigrateConfig(Config):
     alpha: Literal["search"] | Annotated[float, Field(ge=0, le=1)] = "search"
     grid: tuple[Annotated[float, Field(ge=0, le=1)], ...] = ALPHA_GRID  # the α values the search scores
     target: SearchTarget = SearchTarget()
-    search_samples: int = Field(4, ge=1)  # calibration windows scored per site
+    search_samples: int = Field(4, ge=1, le=10_000, description="windows scored per site and α")  # calibration windows scored per site
 
 
 @dataclass

@@ -38,16 +38,16 @@ class RepairConfig(Config):
     enabled: bool = False
     roles: tuple[Literal["qkv", "o", "mlp_in", "mlp_out"], ...] = ("qkv",)
     layers: Literal["affected", "all"] = "affected"  # affected: the layers the plan touches
-    rank: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    steps: int = Field(60, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(2, ge=1)
-    seq_len: int = Field(256, ge=2)  # training crops of the calibration windows
-    penalty: float = Field(1.0, ge=0)  # λ of the outlier term
+    rank: int = Field(8, ge=1, le=4096, description="a LoRA rank past 4,096 is no longer low-rank")
+    lora_alpha: int = Field(16, ge=1, le=65536, description="LoRA's scale is lora_alpha / rank")
+    steps: int = Field(60, ge=1, le=1_000_000, description="training steps of the repair")
+    lr: float = Field(1e-3, gt=0, le=10, description="a larger step diverges")
+    batch_size: int = Field(2, ge=1, le=4096, description="windows per training step")
+    seq_len: int = Field(256, ge=2, le=1_048_576, description="2^20 tokens is past any model's context")  # training crops of the calibration windows
+    penalty: float = Field(1.0, ge=0, le=1e6, description="the outlier term's weight against the KL")  # λ of the outlier term
     m: float = Field(4.0, gt=0)  # the channel-outlier criterion the penalty keeps away from
-    heldout: int = Field(4, ge=1)  # calibration windows kept out of training to measure KL
-    seed: int = 0
+    heldout: int = Field(4, ge=1, le=10_000, description="calibration windows kept out of training")  # calibration windows kept out of training to measure KL
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="torch's generator takes a 64-bit seed")
 
 
 @dataclass
