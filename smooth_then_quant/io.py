@@ -85,3 +85,30 @@ class ShardWriter:
             write_json(self.folder / "model.safetensors.index.json",
                        {"metadata": {"total_size": total}, "weight_map": weight_map})
         return names
+
+
+def weights_digest(folder: Path) -> dict[str, str]:
+    """{file: sha256} of a checkpoint folder's safetensors shards: what a plan or activation file is bound to."""
+    import hashlib
+
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+        out[f.name] = h.hexdigest()
+    return out
+
+
+def check_bound(path: Path, recorded, folder: Path) -> None:
+    """`recorded` ({file: sha256} written beside the weights) must match the weights in `folder` now."""
+    if not isinstance(recorded, dict) or not recorded:
+        raise SmoothQuantError(f"{path} is not bound to any weights (no weights_sha256: written by hand or by an older "
+                               "version); re-export the model, or remove the file to load the weights alone.")
+    now = weights_digest(folder)
+    if now != recorded:
+        bad = sorted(set(now) ^ set(recorded)) or sorted(k for k in now if now[k] != recorded.get(k))
+        raise SmoothQuantError(f"{path} belongs to other weights: {', '.join(map(str, bad[:3]))[:200]} differ from the "
+                               "checkpoint it was written with; re-export the model, or remove the file to load the "
+                               "weights alone.")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..io import weights_digest
 from ..output import OutputDir, check_output_path, model_folders
 from ..smooth.plan import SmoothingPlan
 from .formats.common import write_weights, model_tensors
@@ -41,7 +42,7 @@ def save_smoothed(model: nn.Module, tokenizer, plan: SmoothingPlan, folder: Path
     save_config(model, folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    plan.save(folder / PLAN_FILE)
+    plan.save(folder / PLAN_FILE, weights=weights_digest(folder))  # bound to the weights just written
     runtime = plan.runtime()
     if runtime:
         log.info("%d runtime interventions are in %s; load the folder with smooth_then_quant.load_model to "

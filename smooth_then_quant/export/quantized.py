@@ -25,6 +25,7 @@ from torch import nn
 
 from ..arch import runtime_ops
 from ..errors import SmoothQuantError
+from ..io import weights_digest
 from ..output import OutputDir, check_output_path, model_folders
 from ..quantize.fake import act_quant_state
 from .checkpoint import MAX_SHARD_BYTES, PLAN_FILE, save_config
@@ -58,13 +59,15 @@ def save_quantized(model: nn.Module, tokenizer, folder: Path, plan=None, format:
         (folder / name).write_text(text, encoding="utf-8")
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
+    bound = weights_digest(folder)  # the plan and the A8 ranges are bound to these weights
     if plan is not None:
-        plan.save(folder / PLAN_FILE)
+        plan.save(folder / PLAN_FILE, weights=bound)
     state = act_quant_state(model)
     if state is not None:
         q, ranges = state
         act = {"bits": q.bits, "granularity": q.granularity, "symmetric": q.symmetric,
-               "ranges": None if ranges is None else {k: [float(lo), float(hi)] for k, (lo, hi) in ranges.items()}}
+               "ranges": None if ranges is None else {k: [float(lo), float(hi)] for k, (lo, hi) in ranges.items()},
+               "weights_sha256": bound}
         (folder / ACT_FILE).write_text(json.dumps(act, indent=1), encoding="utf-8")
         if fmt.act_quant is None:
             log.info("A%d activation quantization is in %s: smooth_then_quant.load_model re-attaches it; other "

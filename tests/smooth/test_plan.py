@@ -78,7 +78,7 @@ def test_json_round_trip_and_replay_reproduce_the_smoothed_model(tmp_path):
 def test_replay_refuses_what_it_cannot_do(tmp_path):
     model = busy_model()
     bad = {"format": 1, "model_type": "llama", "interventions": [{"kind": "teleport", "layer": 0}]}
-    with pytest.raises(SmoothQuantError, match="unknown intervention kind 'teleport'"):
+    with pytest.raises(SmoothQuantError, match="has unknown kind 'teleport'"):
         SmoothingPlan.from_dict(bad)
     with pytest.raises(SmoothQuantError, match="made for model_type 'gpt2'"):
         smooth_(model, SmoothingPlan("gpt2"))

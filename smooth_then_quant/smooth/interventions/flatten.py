@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from ...detect import Analysis
 from ...schema import Config
-from ..plan import PlanItem, params_of
+from ..plan import Channel, Fill, Layer, PlanItem, Point, Site, params_of
 from ..registry import Intervention, register_intervention
 from ..transforms import flatten_gamma_, flatten_rows_, site_of
 
@@ -27,10 +27,10 @@ class FlattenGamma(PlanItem):
     kind: ClassVar[str] = "flatten_gamma"
     exact: ClassVar[bool] = False
     foldable: ClassVar[bool] = True
-    layer: int
-    site: str  # attn | mlp
-    channels: list[int]
-    replace_with: str
+    layer: Layer
+    site: Site
+    channels: list[Channel]
+    replace_with: Fill
     reason: str = ""
 
     def apply_(self, layer, adapter) -> None:
@@ -46,9 +46,9 @@ class FlattenRows(PlanItem):
     kind: ClassVar[str] = "flatten_rows"
     exact: ClassVar[bool] = False
     foldable: ClassVar[bool] = True
-    layer: int
-    point: str  # the point the projection computes: x3/x4/x5, y3/y4, y7
-    rows: list[int]
+    layer: Layer
+    point: Point  # the point the projection computes: x3/x4/x5, y3/y4, y7
+    rows: list[Channel]
     reason: str = ""
 
     def apply_(self, layer, adapter) -> None:

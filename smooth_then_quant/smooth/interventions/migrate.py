@@ -22,7 +22,7 @@ from ...detect import Analysis
 from ...probe import hooks_at_points
 from ...progress import bar
 from ...schema import Config
-from ..plan import PlanItem, params_of
+from ..plan import Alpha, Layer, PlanItem, Positive, Site, params_of
 from ..registry import Intervention, register_intervention
 from ..search import ALPHA_GRID, SearchTarget, choose_alpha, fixed_alpha
 from ..transforms import migrate_down_, migrate_norm_, norm_readers, site_of
@@ -43,10 +43,10 @@ class MigrateNorm(PlanItem):
     kind: ClassVar[str] = "migrate_norm"
     exact: ClassVar[bool] = True
     foldable: ClassVar[bool] = True
-    layer: int
-    site: str  # attn | mlp
-    alpha: float
-    scales: list[float]
+    layer: Layer
+    site: Site
+    alpha: Alpha
+    scales: list[Positive]
     reason: str = ""
 
     def apply_(self, layer, adapter) -> None:
@@ -63,9 +63,9 @@ class MigrateDown(PlanItem):
     kind: ClassVar[str] = "migrate_down"
     exact: ClassVar[bool] = True
     foldable: ClassVar[bool] = True
-    layer: int
-    alpha: float
-    scales: list[float]
+    layer: Layer
+    alpha: Alpha
+    scales: list[Positive]
     reason: str = ""
 
     def apply_(self, layer, adapter) -> None:

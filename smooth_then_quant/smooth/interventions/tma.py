@@ -16,7 +16,7 @@ from pydantic import Field
 
 from ...detect import Analysis, MassiveRule
 from ...schema import Config
-from ..plan import PlanItem
+from ..plan import Channel, Fill, Layer, PlanItem, Point, Positive
 from ..registry import Intervention, register_intervention
 
 POINTS = {"down_input": "massive_point", "down_output": "mlp_out_point"}  # y6 (y4 for GPT-2) | y7 (y5)
@@ -66,12 +66,12 @@ class RemoveMassive(PlanItem):
     kind: ClassVar[str] = "remove_massive"
     exact: ClassVar[bool] = False
     foldable: ClassVar[bool] = False
-    layer: int
-    point: str
-    channels: list[int] | None
-    replace_with: str
-    abs_threshold: float = MassiveRule.model_fields["abs_threshold"].default
-    ratio: float = MassiveRule.model_fields["ratio"].default
+    layer: Layer
+    point: Point
+    channels: list[Channel] | None
+    replace_with: Fill
+    abs_threshold: Positive = MassiveRule.model_fields["abs_threshold"].default
+    ratio: Positive = MassiveRule.model_fields["ratio"].default
     reason: str = ""
 
     def runtime_op(self) -> MassiveRemoval:
