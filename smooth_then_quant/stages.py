@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import SmoothQuantError
 from .detect import Analysis, analyze
 from .evaluate import FP, PerplexityCache, degradation_rows
 from .evaluate.evidence import ppl_change, removed_share, state_evidence
@@ -113,6 +114,15 @@ def whole_model_needed(r: Recipe) -> str | None:
     return None
 
 
+def check_positions(config, r: Recipe) -> None:
+    """A model with learned positions (GPT-2's n_positions) cannot take longer windows: say so before any work."""
+    limit = getattr(config, "n_positions", None) if config.model_type == "gpt2" else None
+    for key, n in (("calibration.seq_len", r.calibration.seq_len), ("evaluation.seq_len", r.evaluation.seq_len)):
+        if limit is not None and n > limit:
+            raise SmoothQuantError(f"{key} {n} is longer than this {config.model_type} model's {limit} learned positions; "
+                                   f"set {key} to at most {limit}.")
+
+
 def run_load(run: Run) -> None:
     """The model, streamed one decoder layer at a time unless load.stream is off or a step needs it whole.
     Its scratch (a dequantized GGUF, GPTQ'd layers, spilled hidden states) goes inside the run's partial folder
@@ -128,6 +138,7 @@ def run_load(run: Run) -> None:
                             max_memory=None if r.resources.max_memory is None else size_bytes(r.resources.max_memory))
     if why:
         run.loaded.provenance["weights"] = f"loaded whole: {why}"
+    check_positions(run.loaded.model.config, r)
     run.timing["load_seconds"] = round(time.perf_counter() - t0, 2)
 
 

@@ -62,12 +62,21 @@ def load_text(source: str, part: Part) -> Text:
         return _load_hub(source, part)
     check_source(source)  # a .txt / .jsonl file that exists
     path = Path(source).expanduser()
-    raw = path.read_text(encoding="utf-8")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SmoothQuantError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); give a .txt or .jsonl file of "
+                               "UTF-8 text.") from None
+    except OSError as e:
+        raise SmoothQuantError(f"cannot read the data file {path}: {e.strerror or e}.") from None
+    if "\x00" in raw[:1 << 20]:
+        raise SmoothQuantError(f"{path} holds NUL bytes: it is a binary file, not text; give a .txt or .jsonl file.")
     if path.suffix == ".jsonl":
         try:
             raw = "\n\n".join(json.loads(line)["text"] for line in raw.splitlines() if line.strip())
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise SmoothQuantError(f"{path}: every line must be a JSON object with a \"text\" field ({e}).") from None
+        except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as e:
+            raise SmoothQuantError(f"{path}: every line must be a JSON object with a \"text\" field "
+                                   f"({' '.join(str(e).split())[:120]}).") from None
     return _split(raw, part, {"name": str(path), "file_sha256": hashlib.sha256(raw.encode()).hexdigest()})
 
 

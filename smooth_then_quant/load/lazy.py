@@ -74,14 +74,34 @@ class Checkpoint:
         raise SmoothQuantError(f"{self.folder}: the checkpoint has no tensor {name}; it does not match its "
                                "config.json.")
 
+    def shape(self, key: str) -> tuple[int, ...]:
+        with safe_open(str(self.folder / self.where[key]), "pt") as st:
+            return tuple(st.get_slice(key).get_shape())
+
+    def check_shapes(self, model: nn.Module) -> None:
+        """Every parameter of `model` (a skeleton) is in the checkpoint with its shape: checked on the headers,
+        before any work."""
+        for name, p in model.named_parameters():
+            key = self.key(name, model_prefixes(model))
+            if self.shape(key) != tuple(p.shape):
+                raise SmoothQuantError(f"{self.folder / self.where[key]}: {key} is {list(self.shape(key))} but "
+                                       f"config.json makes it {list(p.shape)}; the weights and config.json are from "
+                                       "different models.")
+
+    def _finite(self, key: str, t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise SmoothQuantError(f"{self.folder / self.where[key]}: weight {key} holds NaN or inf values; the "
+                                   "checkpoint is damaged (or was saved after a diverged step).")
+        return t
+
     def tensor(self, key: str, dtype: torch.dtype) -> torch.Tensor:
         with safe_open(str(self.folder / self.where[key]), "pt") as st:
-            return st.get_tensor(key).to(dtype)
+            return self._finite(key, st.get_tensor(key).to(dtype))
 
     def row_range(self, key: str, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
         """Rows start:stop of a 2-D tensor (only those are read)."""
         with safe_open(str(self.folder / self.where[key]), "pt") as st:
-            return st.get_slice(key)[start:stop].to(dtype)
+            return self._finite(key, st.get_slice(key)[start:stop].to(dtype))
 
     def rows(self, key: str, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """rows ids (any shape, int) of a 2-D tensor -> [*ids.shape, width], reading ROW_CHUNK rows at a time."""
@@ -96,7 +116,7 @@ class Checkpoint:
                 hit = (flat >= start) & (flat < start + ROW_CHUNK)
                 if hit.any():
                     out[hit] = sl[start: start + ROW_CHUNK][flat[hit] - start].to(dtype)
-        return out.reshape(*ids.shape, width)
+        return self._finite(key, out).reshape(*ids.shape, width)
 
 
 def skeleton(config, dtype: torch.dtype) -> nn.Module:

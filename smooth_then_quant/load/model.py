@@ -1,10 +1,11 @@
 """Load a model: hub id, local folder, .gguf file, or `default` (the embedded SmolLM2-135M-Instruct)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +53,25 @@ def register_folder_hook(hook: Callable[[torch.nn.Module, Path, object], dict], 
 
 
 def quantization_config(config) -> dict:
-    """config.json's `quantization_config` as a dict ({} for a float checkpoint)."""
+    """config.json's `quantization_config` as a dict ({} for a float checkpoint or one that is not a mapping:
+    check_config refuses those)."""
     qc = getattr(config, "quantization_config", None)
-    return {} if qc is None else qc if isinstance(qc, dict) else qc.to_dict()
+    return qc if isinstance(qc, dict) else qc.to_dict() if hasattr(qc, "to_dict") else {}
+
+
+@contextlib.contextmanager
+def reading(what: str) -> Iterator[None]:
+    """A library's failure on the user's files (transformers, tokenizers, gguf, safetensors) -> one line naming
+    `what` and the library's own first line; its traceback shows under -v (debug logging)."""
+    try:
+        yield
+    except (SmoothQuantError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - every library raises its own kinds; each becomes a user error here
+        log.debug("reading %s failed", what, exc_info=True)
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        raise SmoothQuantError(f"cannot read {what}: {type(e).__name__}: {first[:300]} (the library's traceback: "
+                               "run with -v).") from None
 
 
 def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -151,10 +168,26 @@ def _source_and_config(name: str, dtype: str, device: str, trust_remote_code: bo
     try:
         config = AutoConfig.from_pretrained(**kw, **common)
     except OSError as e:
-        raise SmoothQuantError(f"could not load the config of '{name}': {e}. Offline? Use `model: default` "
+        first = next((line for line in str(e).splitlines() if line.strip()), "")
+        raise SmoothQuantError(f"could not load the config of '{name}': {first[:300]}. Offline? Use `model: default` "
                                f"(embedded SmolLM2) or a local folder / .gguf file.") from None
+    except Exception as e:  # noqa: BLE001 - no model_type, not a mapping, bad fields, a malformed GGUF header
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise SmoothQuantError(f"the config of '{name}' is not usable: {first[:300]}") from None
+    check_config(name, config)
     adapter_for(config)  # unsupported architecture: fail now, not after loading gigabytes
     return kind, kw, common, config
+
+
+def check_config(name: str, config) -> None:
+    """What transformers would only find half-way through building the model."""
+    heads, kv = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
+    if isinstance(heads, int) and isinstance(kv, int) and (kv <= 0 or heads % kv):
+        raise SmoothQuantError(f"the config of '{name}': num_attention_heads {heads} is not a multiple of "
+                               f"num_key_value_heads {kv}.")
+    qc = getattr(config, "quantization_config", None)
+    if qc is not None and not isinstance(qc, dict) and not hasattr(qc, "to_dict"):
+        raise SmoothQuantError(f"the config of '{name}': quantization_config is a {type(qc).__name__}, not a mapping.")
 
 
 def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu",
@@ -173,22 +206,39 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
     kind, kw, common, config = _source_and_config(name, dtype, device, trust_remote_code, revision)
     prov = provenance(name, kind, kw, config, dtype, revision)
     why_whole = _why_whole(kind, kw, config, trust_remote_code) if stream else "load.stream is off"
-    if why_whole is None:
+    where = str(Path(kw["pretrained_model_name_or_path"]) / kw.get("gguf_file", "")).rstrip("/")
+    method = quantization_config(config).get("quant_method")
+    if kind == "folder" and method and method not in QUANTIZED_LOADERS:
+        raise SmoothQuantError(f"{where}: quantization_config.quant_method {str(method)[:40]!r} is not a format this "
+                               f"toolkit reads ({', '.join(QUANTIZED_LOADERS)}); give the float checkpoint instead.")
+    if kind == "folder" and not method and not any(Path(where).glob("*.safetensors")):
+        raise SmoothQuantError(f"{where} has no .safetensors weights (pickled .bin/.pt weights are never read: they can "
+                               "run code); convert them with safetensors' convert script or save_pretrained.")
+    with reading(f"the tokenizer of {where}"):
         tokenizer = AutoTokenizer.from_pretrained(**kw, **common)
+    if why_whole is None:
         scratch = Scratch(offload_dir)
-        folder = _stream_folder(kind, kw, config, DTYPES[dtype], scratch, revision)
-        model = streamed_model(folder, DTYPES[dtype], device, config, scratch, max_memory)
+        with reading(f"the GGUF file {where}" if kind == "gguf" else f"the weights of {where}"):
+            folder = _stream_folder(kind, kw, config, DTYPES[dtype], scratch, revision)
+            model = streamed_model(folder, DTYPES[dtype], device, config, scratch, max_memory)
         prov["weights"] = "streamed, one decoder layer at a time" + (
             " (the GGUF file dequantized tensor by tensor into a temporary safetensors folder)" if kind == "gguf" else "")
         log.info("streaming %s (%s, %s) on %s", name, kind, dtype, device)
         return LoadedModel(model, tokenizer, prov, scratch)
     log.info("loading %s whole (%s, %s) on %s%s", name, kind, dtype, device, "" if not stream else f": {why_whole}")
-    method = quantization_config(config).get("quant_method")
-    if kind == "folder" and method in QUANTIZED_LOADERS:  # GPTQ / compressed-tensors: unpacked to float here
-        model = QUANTIZED_LOADERS[method](Path(kw["pretrained_model_name_or_path"]), config, DTYPES[dtype])
-    else:
-        model = AutoModelForCausalLM.from_pretrained(**kw, **common, dtype=DTYPES[dtype])
-    tokenizer = AutoTokenizer.from_pretrained(**kw, **common)
+    with reading(f"the GGUF file {where}" if kind == "gguf" else f"the weights of {where}"):
+        if kind == "folder" and method in QUANTIZED_LOADERS:  # GPTQ / compressed-tensors: unpacked to float here
+            model = QUANTIZED_LOADERS[method](Path(kw["pretrained_model_name_or_path"]), config, DTYPES[dtype])
+        else:
+            model, info = AutoModelForCausalLM.from_pretrained(
+                **kw, **common, dtype=DTYPES[dtype], output_loading_info=True,
+                **({} if kind == "gguf" else {"use_safetensors": True}))
+            bad = sorted(info.get("missing_keys", ())) or sorted(str(k) for k in info.get("mismatched_keys", ()))
+            if bad:  # transformers would initialize these at random and carry on: a silently different model
+                raise SmoothQuantError(f"{where}: the weights do not match config.json ({len(bad)} tensors missing or of "
+                                       f"another shape, e.g. {bad[0][:120]}); the weights and config.json are from "
+                                       "different models, or the download is incomplete.")
+    check_finite(model, where)
     if kind == "gguf":
         drop_gguf_marker_(model)
     model.to(device).eval()
@@ -199,6 +249,14 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
         for _, hook in FOLDER_HOOKS:  # runtime smoothing, then A8 (which must see the smoothed input)
             prov.update(hook(model, folder, config))
     return LoadedModel(model, tokenizer, prov)
+
+
+def check_finite(model: torch.nn.Module, where: str) -> None:
+    """NaN or inf weights would surface later as a GPTQ crash or a NaN table: say so at load."""
+    for name, p in model.named_parameters():
+        if p.device.type != "meta" and p.is_floating_point() and not torch.isfinite(p).all():
+            raise SmoothQuantError(f"{where}: weight {name} holds NaN or inf values; the checkpoint is damaged (or "
+                                   "was saved after a diverged step).")
 
 
 def _why_whole(kind: str, kw: dict, config, trust_remote_code: bool) -> str | None:

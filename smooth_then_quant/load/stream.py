@@ -29,7 +29,7 @@ from ..arch import adapter_for
 from ..arch.sequential import SOURCE_ATTR, HiddenStates
 from ..errors import SmoothQuantError
 from ..io import Scratch, ShardWriter
-from .lazy import Checkpoint, model_prefixes, onload_small_, skeleton
+from .lazy import ROW_CHUNK, Checkpoint, model_prefixes, onload_small_, skeleton
 
 Edit = Callable[[nn.Module], None]
 SCRATCH_SHARD_BYTES = 64 * 2**20
@@ -162,6 +162,11 @@ def streamed_model(folder: str | Path, dtype: torch.dtype = torch.float32, devic
     ckpt = Checkpoint(folder)
     config = config if config is not None else AutoConfig.from_pretrained(folder)
     model = skeleton(config, dtype)
+    ckpt.check_shapes(model)  # a missing tensor or another model's weights: refused now, not at layer 20
+    for emb in {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None}.values():
+        key = ckpt.key(next(n for n, p in model.named_parameters() if p is emb.weight), model_prefixes(model))
+        for start in range(0, emb.weight.shape[0], ROW_CHUNK):  # NaN/inf anywhere in the vocabulary: found now
+            ckpt.row_range(key, start, start + ROW_CHUNK, dtype)
     onload_small_(model, ckpt, adapter_for(model).decoder_layers(model), dtype, device)
     setattr(model, SOURCE_ATTR, CheckpointSource(ckpt, dtype, device, scratch or Scratch(), max_memory))
     return model
