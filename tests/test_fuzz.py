@@ -44,7 +44,7 @@ def hostile_value(rng: random.Random) -> str:
         lambda: rng.choice(["!!python/object:os.system", "!!binary aGVsbG8=", "!!set {a, b}", "!!timestamp 2001-12-14",
                             "!!python/name:os.system", "!custom x", "!!str 1", "!!int '9'", "!!float 'nan'"]),
         lambda: repr("\x00" + "x" * rng.randrange(5)).replace("'", '"'),
-        lambda: '"' + "\\u%04x" % rng.choice([0x202e, 0xfeff, 0xd7ff, 0x85, 0x2028]) + 'x"',
+        lambda: '"' + f"\\u{rng.choice([0x202e, 0xfeff, 0xd7ff, 0x85, 0x2028]):04x}" + 'x"',
         lambda: "x" * rng.choice([1, 255, 256, 5000]),
         lambda: rng.choice(["/", ".", "..", "~", "~root", "~nosuchuser_q", "/dev/null", "/proc/self", "/etc/passwd",
                             "C:\\\\x", "file:///etc", "http://x/y", "../../..", "-rf"]),
