@@ -7,12 +7,15 @@ The whole run writes into one temporary folder that becomes `output_dir` only wh
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SmoothQuantError
+from .export import get_format
+from .load.model import model_config, resolve_source
 from .output import Interrupted, OutputDir, check_output_path
 from .recipe import Recipe
 from .stages import (Run, compared_states, describe_analyze, describe_load, describe_paper, describe_quantize,
@@ -72,10 +75,33 @@ def stages(recipe: Recipe) -> list[Stage]:
 
 
 def check(recipe: Recipe) -> None:
-    """What the run would refuse later, refused now (the run and --dry-run both call this)."""
+    """What the run would refuse later, refused now (the run and --dry-run both call this). A local model's
+    config is read (no weights): its architecture, and what the export format cannot hold for it."""
     if recipe.export.push_to_hub and not exports(recipe, _ran(recipe)):
         raise SmoothQuantError("export.push_to_hub is set but nothing would be exported (export.model is false, or the "
                                f"stage ({recipe.stage}) stops before smoothing): nothing to push.")
+    if resolve_source(recipe.model)[0] == "hub":
+        return  # its config is fetched by the run (no network here)
+    ld = recipe.load
+    config = _config(recipe.model, ld.dtype, ld.device, ld.trust_remote_code, ld.revision, _stamp(recipe.model))
+    q = recipe.export.quantized
+    if q is not None and _quantizes(recipe):
+        fmt = get_format(q.format)
+        why = fmt.refuses_config(recipe.quantization.schemes[q.scheme].to_dict(), config) if fmt.refuses_config else None
+        if why:
+            raise SmoothQuantError(f"export.quantized.format {q.format} cannot hold scheme '{q.scheme}' {why}.")
+
+
+@functools.lru_cache(maxsize=8)
+def _config(name: str, dtype: str, device: str, trust: bool, revision: str | None, stamp: float):
+    return model_config(name, dtype, device, trust, revision)
+
+
+def _stamp(name: str) -> float:
+    """When the model's config last changed (a cached config is read again after)."""
+    kind, kw = resolve_source(name)
+    p = Path(kw["pretrained_model_name_or_path"]) / kw.get("gguf_file", "config.json")
+    return p.stat().st_mtime if p.exists() else 0.0
 
 
 def describe_stages(recipe: Recipe) -> list[str]:

@@ -24,6 +24,12 @@ from smooth_then_quant.cli import main
     ("output_dir: o\nexport: {quantized: {scheme: W4A16, format: compressed-tensors, state: baseline}}\n"
      "quantization: {enabled: true, schemes: {W4A16: {weights: {act_order: desc}}}}\n", [],
      "compressed-tensors cannot hold scheme 'W4A16' with act_order desc"),
+    # refused before any work (the run used to refuse these after all of it): the model's config is read
+    ("output_dir: o\nexport: {quantized: {scheme: W4, format: compressed-tensors, state: baseline}}\n"
+     "quantization: {enabled: true, schemes: {W4: {weights: {group_size: 100}}}}\n", [],
+     "group_size 100: it does not divide this model's input width 576"),
+    ("output_dir: o\nstage: analyze\nsmoothing: {enabled: true}\nexport: {push_to_hub: me/x}\n", [],
+     "nothing to push"),
 ])
 def test_user_errors_exit_2_with_one_paragraph(tmp_path, capsys, text, overrides, needle):
     p = tmp_path / "r.yaml"

@@ -179,6 +179,13 @@ def _source_and_config(name: str, dtype: str, device: str, trust_remote_code: bo
     return kind, kw, common, config
 
 
+def model_config(name: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
+                 revision: str | None = None):
+    """The checks load_model makes before reading any weight (dtype, device, source, config, architecture)
+    -> the model's config."""
+    return _source_and_config(name, dtype, device, trust_remote_code, revision)[3]
+
+
 def check_config(name: str, config) -> None:
     """What transformers would only find half-way through building the model."""
     heads, kv = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)

@@ -135,3 +135,17 @@ def test_what_compressed_tensors_cannot_hold_is_refused(tmp_path):
     with pytest.raises(SmoothQuantError, match="unknown quantized export format"):
         export_quantized(quantized("llama", Scheme("w", WeightQuant(4, 32))), None, tmp_path / "e", format="awq")
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_what_the_format_cannot_hold_is_known_from_the_config():
+    from transformers import GPT2Config, LlamaConfig
+
+    from smooth_then_quant.export import get_format
+    ct = get_format("compressed-tensors")
+    w4 = {"weights": {"bits": 4, "group_size": 64}}
+    assert "Conv1D" in ct.refuses_config(w4, GPT2Config())
+    llama = LlamaConfig(hidden_size=576, intermediate_size=1536, num_attention_heads=9)
+    assert ct.refuses_config(w4, llama) is None
+    assert "input width 576" in ct.refuses_config({"weights": {"bits": 4, "group_size": 1024}}, llama)
+    assert "input width 1536" in ct.refuses_config({"weights": {"bits": 4, "group_size": 192}}, LlamaConfig(
+        hidden_size=576, intermediate_size=1600, num_attention_heads=9))

@@ -39,6 +39,9 @@ class ExportFormat:
     # files besides config.json other loaders of the format read: name -> (quantization_config) -> text
     extra_files: Callable[[dict], dict[str, str]] | None = None
     replaces: tuple[str, ...] = ("weight",)  # the float leaves of a projection its tensors stand for
+    # (scheme, the model's config) -> why this format cannot hold the scheme for this model (checked before
+    # any weight is read: --dry-run too), or None
+    refuses_config: Callable[[dict, object], str | None] | None = None
 
 
 _FORMATS: dict[str, ExportFormat] = {}

@@ -242,6 +242,22 @@ def refuses(scheme: dict) -> str | None:
     return None
 
 
+def refuses_config(scheme: dict, config) -> str | None:
+    """What check_grid and the Conv1D check would refuse at export, from the config alone."""
+    if config.model_type == "gpt2":
+        return "for a gpt2 model: its projections are Conv1D, and compressed-tensors schemes target nn.Linear"
+    g = scheme["weights"].get("group_size", -1)
+    heads = getattr(config, "num_attention_heads", None)
+    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+    widths = [w for w in (config.hidden_size, getattr(config, "intermediate_size", None),
+                          heads * head_dim if heads and head_dim else None) if w]
+    bad = [w for w in widths if g and g > 0 and w % g]
+    if bad:
+        return (f"with group_size {g}: it does not divide this model's input width {bad[0]}; use a group size that "
+                f"divides {', '.join(map(str, sorted(set(widths))))}")
+    return None
+
+
 def how_to_load(w: dict, a8: bool) -> list[str]:
     return ["Weights and activation quantization are in compressed-tensors format (`quant_method: "
             "compressed-tensors`, the format llm-compressor writes): vLLM runs it" + (
@@ -257,4 +273,5 @@ def how_to_load(w: dict, a8: bool) -> list[str]:
 COMPRESSED_TENSORS = register_format(ExportFormat(
     name="compressed-tensors", quant_method="compressed-tensors", quantization_config=model_quantization_config,
     projection_tensors=projection_tensors,
-    load_projections=load_projections, refuses=refuses, how_to_load=how_to_load, act_quant=act_quant))
+    load_projections=load_projections, refuses=refuses, how_to_load=how_to_load, act_quant=act_quant,
+    refuses_config=refuses_config))
