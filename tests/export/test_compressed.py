@@ -147,5 +147,5 @@ def test_what_the_format_cannot_hold_is_known_from_the_config():
     llama = LlamaConfig(hidden_size=576, intermediate_size=1536, num_attention_heads=9)
     assert ct.refuses_config(w4, llama) is None
     assert "input width 576" in ct.refuses_config({"weights": {"bits": 4, "group_size": 1024}}, llama)
-    assert "input width 1536" in ct.refuses_config({"weights": {"bits": 4, "group_size": 192}}, LlamaConfig(
+    assert "input width 1600" in ct.refuses_config({"weights": {"bits": 4, "group_size": 192}}, LlamaConfig(
         hidden_size=576, intermediate_size=1600, num_attention_heads=9))
