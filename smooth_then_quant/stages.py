@@ -145,7 +145,8 @@ def run_load(run: Run) -> None:
 # ---- analyze: probe -> detect --------------------------------------------------------------------
 def describe_analyze(r: Recipe) -> list[str]:
     cal, a = r.calibration, r.analysis
-    return [f"probe    {cal.samples} x {cal.seq_len} calibration windows of '{cal.data}' (seed {cal.seed})",
+    return [f"probe    {cal.samples} x {cal.seq_len} calibration windows of '{cal.data}' (seed {cal.seed}, format "
+            f"{cal.format})",
             f"detect   MA (|a| > {a.massive.abs_threshold:g} and > {a.massive.ratio:g} x median), CO (m = "
             f"{a.channel.m:g}, beta = {a.channel.beta:.3g}), gamma outliers, OTC"]
 
@@ -153,7 +154,7 @@ def describe_analyze(r: Recipe) -> list[str]:
 def run_analyze(run: Run) -> None:
     r, loaded = run.recipe, run.loaded
     cal = r.calibration
-    run.ids, data = calibration_windows(loaded.tokenizer, cal.data, cal.samples, cal.seq_len, cal.seed)
+    run.ids, data = calibration_windows(loaded.tokenizer, cal.data, cal.samples, cal.seq_len, cal.seed, cal.format)
     t0 = time.perf_counter()
     run.analysis = analyze(loaded.model, run.ids, r.analysis, batch_size=cal.batch_size)
     run.timing["probe_seconds"] = round(time.perf_counter() - t0, 2)

@@ -1,10 +1,11 @@
-"""Perplexity by the standard (GPTQ / SmoothQuant) protocol.
+"""Perplexity on non-overlapping windows, as the model sees text in use (evaluation.format).
 
-The evaluation text is tokenized once as a whole (the tokenizer adds its BOS, if it has one,
-at the very start only), cut into non-overlapping windows of `seq_len` tokens (the remainder
-is dropped), and every window is scored on its own: the mean NLL of tokens 2..seq_len given
-their prefix in the window. PPL = exp(mean token NLL over all windows). c4 keeps the first
-256 windows of its validation text (GPTQ protocol).
+The evaluation text is tokenized once as a whole and cut into non-overlapping windows (the remainder is
+dropped); every window is scored on its own: the mean NLL of its text tokens given what precedes them in the
+window. PPL = exp(mean token NLL over all windows). c4 keeps the first 256 windows of its validation text.
+Formats: `auto` starts every window with BOS when the tokenizer adds one (as every prompt in use does; else as
+`text`), `chat` with the chat template's head (context, not scored), `text` with nothing, and `gptq` is the
+published protocol: the tokenizer's BOS at the start of the whole text only.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from torch import nn
 from ..arch import final_norm, model_device, runtime_signature, source_of, walk
 from ..arch.sequential import batches_of
 from ..errors import SmoothQuantError
-from ..load import data_source, load_text
+from ..load import EvalFormat, data_source, load_text, window_prefix
 from ..schema import Config
 
 C4_WINDOWS = 256
@@ -30,6 +31,7 @@ class EvalConfig(Config):
     max_windows: int | None = Field(None, ge=1, le=1_000_000, description="a million windows is past any evaluation set")  # None: every window (c4: 256)
     batch_size: int = Field(1, ge=1, le=4096, description="windows per forward")
     per_intervention: bool = True  # smoothing evidence for each intervention alone, not only combined
+    format: EvalFormat = "auto"  # auto (BOS when the tokenizer adds one) | text | chat | gptq: load/data.py
     evidence_samples: int = Field(8, ge=1, le=10_000, description="windows probed twice, before and after smoothing")  # calibration windows probed before/after smoothing
 
     @field_validator("datasets")
@@ -40,13 +42,21 @@ class EvalConfig(Config):
         return [data_source(d) for d in v]
 
 
-def evaluation_windows(tokenizer, source: str, seq_len: int, max_windows: int | None = None
+def evaluation_windows(tokenizer, source: str, seq_len: int, max_windows: int | None = None, format: str = "auto"
                        ) -> tuple[torch.Tensor, dict]:
-    """-> ids [windows, seq_len], protocol description."""
+    """-> ids [windows, seq_len], protocol description. `format` (EvalFormat): gptq tokenizes the whole text as
+    the tokenizer does (its BOS, if it adds one, at the very start only: the published protocol); text drops that
+    BOS; auto (BOS when the tokenizer adds one) and chat start every window with their prefix, which is not
+    scored (protocol["prefix_tokens"])."""
     data = load_text(source, "evaluation")
     text = data.text if isinstance(data.text, str) else "\n\n".join(data.text)
-    ids = tokenizer(text, return_tensors="pt").input_ids[0]
-    n = ids.numel() // seq_len
+    prefix, fmt = window_prefix(tokenizer, format)
+    if len(prefix) + 2 > seq_len:
+        raise SmoothQuantError(f"evaluation.seq_len {seq_len} leaves no room for text after the {len(prefix)} tokens of "
+                               f"format {fmt}; raise evaluation.seq_len.")
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=fmt == "gptq").input_ids[0]
+    width = seq_len - len(prefix)
+    n = ids.numel() // width
     limit = C4_WINDOWS if source == "c4" else None
     if max_windows is not None:
         limit = max_windows if limit is None else min(limit, max_windows)
@@ -56,16 +66,21 @@ def evaluation_windows(tokenizer, source: str, seq_len: int, max_windows: int | 
         raise SmoothQuantError(f"evaluation text of '{source}' has {ids.numel()} tokens, fewer than one window of "
                                f"seq_len={seq_len}; lower evaluation.seq_len.")
     bos = getattr(tokenizer, "bos_token_id", None)
+    windows = ids[: n * width].reshape(n, width)
+    if prefix:
+        windows = torch.cat([torch.tensor(prefix, dtype=windows.dtype).expand(n, -1), windows], dim=1)
     protocol = {
-        "dataset": source, "seq_len": seq_len, "windows": n, "tokens_scored": n * (seq_len - 1),
-        "windows_available": ids.numel() // seq_len,
+        "dataset": source, "seq_len": seq_len, "windows": n, "tokens_scored": n * (seq_len - max(len(prefix), 1)),
+        "windows_available": ids.numel() // width, "format": fmt, "prefix_tokens": len(prefix),
         "join": "documents joined with '\\n\\n' (c4: ' ')", "overlap": "none (remainder dropped)",
         "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
-        "bos": "the tokenizer's BOS at the start of the text only" if bos is not None and int(ids[0]) == bos
-        else "no BOS added",
+        "bos": {"bos": "every window starts with the tokenizer's BOS, as every prompt in use does",
+                "chat": f"every window starts with the chat template's {len(prefix)} tokens before the user's content "
+                        "(not scored)"}.get(fmt, "the tokenizer's BOS at the start of the text only"
+                                           if bos is not None and ids.numel() and int(ids[0]) == bos else "no BOS"),
         "data": data.provenance,
     }
-    return ids[: n * seq_len].reshape(n, seq_len), protocol
+    return windows, protocol
 
 
 VOCAB_CHUNK = 8192  # lm_head rows per step of the log-softmax: [tokens, VOCAB_CHUNK] logits at a time
@@ -107,17 +122,18 @@ def token_nll(model: nn.Module, hidden, ids: list[torch.Tensor]) -> list[torch.T
 
 @torch.inference_mode()
 def window_nll(model: nn.Module, ids: torch.Tensor, batch_size: int = 1, progress: bool = True,
-               desc: str = "perplexity") -> torch.Tensor:
-    """Mean next-token NLL of each window: ids [N, T] -> [N] float64 (the model walked layer by layer)."""
+               desc: str = "perplexity", prefix: int = 0) -> torch.Tensor:
+    """Mean next-token NLL of each window: ids [N, T] -> [N] float64 (the model walked layer by layer). The first
+    `prefix` tokens of every window (BOS, a chat template's head) are context only: the targets start after them."""
     hidden = walk(model, ids, batch_size, desc=desc, show=progress)
     nll = token_nll(model, hidden, [b for _, b in batches_of(ids, batch_size)])
-    return torch.cat([n.mean(-1) for n in nll]).double().cpu()
+    return torch.cat([n[:, max(prefix - 1, 0):].mean(-1) for n in nll]).double().cpu()
 
 
 def perplexity(model: nn.Module, ids: torch.Tensor, batch_size: int = 1, progress: bool = True,
-               desc: str = "perplexity") -> float:
-    """exp(mean token NLL); every window has seq_len-1 scored tokens, so the mean of window means."""
-    nll = float(window_nll(model, ids, batch_size, progress, desc).mean())
+               desc: str = "perplexity", prefix: int = 0) -> float:
+    """exp(mean token NLL); every window has the same number of scored tokens, so the mean of window means."""
+    nll = float(window_nll(model, ids, batch_size, progress, desc, prefix).mean())
     return math.exp(nll) if nll < 709 else math.inf  # a diverged model (e.g. 2-bit weights) reports inf, not a crash
 
 
@@ -145,18 +161,19 @@ class PerplexityCache:
         self.hits = 0
 
     def windows(self, tokenizer, source: str, cfg: EvalConfig) -> tuple[torch.Tensor, dict]:
-        key = (id(tokenizer), source, cfg.seq_len, cfg.max_windows)
+        key = (id(tokenizer), source, cfg.seq_len, cfg.max_windows, cfg.format)
         if key not in self._windows:
-            self._windows[key] = evaluation_windows(tokenizer, source, cfg.seq_len, cfg.max_windows)
+            self._windows[key] = evaluation_windows(tokenizer, source, cfg.seq_len, cfg.max_windows, cfg.format)
         return self._windows[key]
 
     def perplexity(self, model: nn.Module, tokenizer, source: str, cfg: EvalConfig, state: str = "",
                    desc: str | None = None) -> float:
-        ids, _ = self.windows(tokenizer, source, cfg)
-        key = (model_fingerprint(model, runtime_signature(model) + state), source, cfg.seq_len, cfg.max_windows)
+        ids, protocol = self.windows(tokenizer, source, cfg)
+        key = (model_fingerprint(model, runtime_signature(model) + state), source, cfg.seq_len, cfg.max_windows,
+               cfg.format)
         if key in self._results:
             self.hits += 1
             return self._results[key]
-        ppl = perplexity(model, ids, cfg.batch_size, True, desc or f"perplexity on {source}")
+        ppl = perplexity(model, ids, cfg.batch_size, True, desc or f"perplexity on {source}", protocol["prefix_tokens"])
         self._results[key] = ppl
         return ppl

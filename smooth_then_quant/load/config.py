@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 
 from ..errors import SmoothQuantError
 from ..schema import Config
-from .data import check_source
+from .data import WindowFormat, check_source
 
 
 def data_source(v: str) -> str:
@@ -101,5 +101,6 @@ class CalibrationConfig(Config):
     seq_len: int = Field(512, ge=2, le=1_048_576, description="2^20 tokens is past any model's context")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="torch's generator takes a 64-bit seed")
     batch_size: int = Field(4, ge=1, le=4096, description="windows per forward")  # windows per forward of the probe, the α search and the A8 ranges
+    format: WindowFormat = "auto"  # auto (BOS when the tokenizer adds one) | text | chat: load/data.py
 
     _source = field_validator("data")(classmethod(lambda cls, v: data_source(v)))

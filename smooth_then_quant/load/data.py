@@ -25,6 +25,14 @@ import torch
 from ..errors import SmoothQuantError
 
 Part = Literal["calibration", "evaluation"]
+# How a window starts, as the model sees text in use (calibration.format / evaluation.format):
+#   auto  every window starts with BOS when the tokenizer adds one (Llama 3, Gemma), else as `text`
+#   text  windows cut from the tokenized text (no BOS after the text's first token)
+#   chat  every window starts with the tokenizer's chat template up to the user's content
+#   gptq  (evaluation) one BOS at the start of the whole text, the protocol published perplexities use
+WindowFormat = Literal["auto", "text", "chat"]
+EvalFormat = Literal["auto", "text", "chat", "gptq"]
+CHAT_SENTINEL = "\u2063STQ-CONTENT\u2063"
 HUB_SOURCES = ("wikitext2", "c4")
 OFFLINE = "offline"
 SPLIT = 0.7
@@ -111,21 +119,61 @@ def _load_hub(source: str, part: Part) -> Text:
     return Text(text, {**prov, "part": part, "sha256": digest, "revision": getattr(ds, "_fingerprint", None)})
 
 
-def calibration_windows(tokenizer, source: str, samples: int, seq_len: int, seed: int = 0) -> tuple[torch.Tensor, dict]:
+def adds_bos(tokenizer) -> bool:
+    """Does the tokenizer put BOS in front of what it encodes (as every prompt in use then starts)?"""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer("a").input_ids
+    return bos is not None and len(ids) > 0 and ids[0] == bos
+
+
+def window_prefix(tokenizer, fmt: str) -> tuple[list[int], str]:
+    """-> (the token ids every window starts with, the protocol's name) for format `fmt`."""
+    if fmt == "auto":
+        fmt = "bos" if adds_bos(tokenizer) else "text"
+    if fmt in ("text", "gptq"):
+        return [], fmt
+    if fmt == "bos":
+        return [tokenizer.bos_token_id], "bos"
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise SmoothQuantError(f"format chat needs the tokenizer's chat template, and "
+                               f"{getattr(tokenizer, 'name_or_path', 'this tokenizer')} has none; use format auto or text.")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": CHAT_SENTINEL}], tokenize=False)
+    head = text.split(CHAT_SENTINEL)[0]
+    return tokenizer(head, add_special_tokens=False).input_ids, "chat"
+
+
+def calibration_windows(tokenizer, source: str, samples: int, seq_len: int, seed: int = 0, format: str = "auto"
+                        ) -> tuple[torch.Tensor, dict]:
     """`samples` random windows of `seq_len` tokens from the calibration text: [samples, seq_len].
 
     GPTQ protocol: a random start in the tokenized text (c4: a random document longer than
-    seq_len, then a random start in it); torch.Generator seeded with `seed`.
+    seq_len, then a random start in it); torch.Generator seeded with `seed`. `format` (WindowFormat): what every
+    window starts with, as the model sees text in use (auto: BOS when the tokenizer adds one); the text fills
+    the rest of the window.
     """
     if samples < 1 or seq_len < 2:
         raise SmoothQuantError(f"calibration needs samples >= 1 and seq_len >= 2 (got {samples}, {seq_len}).")
+    prefix, protocol = window_prefix(tokenizer, format)
+    if len(prefix) + 2 > seq_len:
+        raise SmoothQuantError(f"calibration.seq_len {seq_len} leaves no room for text after the {len(prefix)} tokens of "
+                               f"format {protocol}; raise calibration.seq_len.")
+    # with a prefix, the text is tokenized without the tokenizer's own specials (the prefix already has them)
+    ids_out, prov = _random_windows(tokenizer, source, samples, seq_len - len(prefix), seed, not prefix)
+    if prefix:
+        ids_out = torch.cat([torch.tensor(prefix, dtype=ids_out.dtype).expand(samples, -1), ids_out], dim=1)
+    prov.update(seq_len=seq_len, format=protocol, prefix_tokens=len(prefix), tokens=int(ids_out.numel()))
+    return ids_out, prov
+
+
+def _random_windows(tokenizer, source: str, samples: int, seq_len: int, seed: int, specials: bool
+                    ) -> tuple[torch.Tensor, dict]:
     data = load_text(source, "calibration")
     g = torch.Generator().manual_seed(seed)
     if isinstance(data.text, list):
         windows = []
         for _ in range(100 * samples):
             doc = data.text[int(torch.randint(0, len(data.text), (1,), generator=g))]
-            ids = tokenizer(doc, return_tensors="pt").input_ids[0]
+            ids = tokenizer(doc, return_tensors="pt", add_special_tokens=specials).input_ids[0]
             if ids.numel() > seq_len:
                 s = int(torch.randint(0, ids.numel() - seq_len, (1,), generator=g))
                 windows.append(ids[s: s + seq_len])
@@ -137,7 +185,7 @@ def calibration_windows(tokenizer, source: str, samples: int, seq_len: int, seed
                                    "calibration.seq_len or use another source.")
         ids_out = torch.stack(windows)
     else:
-        ids = tokenizer(data.text, return_tensors="pt").input_ids[0]
+        ids = tokenizer(data.text, return_tensors="pt", add_special_tokens=specials).input_ids[0]
         if ids.numel() <= seq_len:
             raise SmoothQuantError(f"calibration text from '{source}' has {ids.numel()} tokens, fewer than "
                                    f"seq_len={seq_len}; lower calibration.seq_len or use more text.")

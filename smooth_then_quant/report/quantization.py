@@ -38,6 +38,11 @@ def render_quantization(report: dict) -> str:
              "the unsmoothed row loses more than 0.1 % of the float perplexity. "
              "The paper's smoothing counts its own float cost, since ΔPPL is taken against the original model.", ""]
     lines.append(quantization_table(q))
+    ev = q.get("evaluation") or {}
+    if ev:
+        lines += ["", "Windows: " + "; ".join(
+            f"{d}: {v.get('windows')} × {v.get('seq_len')} tokens, format {v.get('format', 'gptq')} ({v.get('bos')})"
+            for d, v in ev.items()) + "."]
     lines += ["", "Schemes:", ""]
     lines += [f"- **{s['name']}**: {s['description']}" for s in q["schemes"]]
     lines += ["", "Smoothing states:", ""]

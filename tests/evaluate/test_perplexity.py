@@ -29,7 +29,7 @@ def test_evaluation_windows_are_the_standard_protocol():
     assert ids.shape == (7, 100) and prot["windows"] == 7 and prot["windows_available"] > 7
     full = tok(__import__("smooth_then_quant").load_text("offline", "evaluation").text).input_ids
     assert ids.reshape(-1).tolist() == full[:700]  # non-overlapping, in order, from the start
-    assert prot["bos"] == "no BOS added" and prot["seq_len"] == 100
+    assert prot["bos"] == "no BOS" and prot["seq_len"] == 100
     with pytest.raises(SmoothQuantError, match="fewer than one window"):
         evaluation_windows(tok, "offline", seq_len=10**8)
 

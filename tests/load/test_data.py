@@ -9,7 +9,9 @@ from smooth_then_quant.load import calibration_windows, load_text
 class CharTokenizer:
     """Stand-in tokenizer: one id per character (the real ones are tested on SmolLM2)."""
 
-    def __call__(self, text, return_tensors=None):
+    bos_token_id = None
+
+    def __call__(self, text, return_tensors=None, add_special_tokens=True):
         import torch
 
         class Out:
