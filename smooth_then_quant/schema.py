@@ -129,6 +129,8 @@ def _explain(err: dict, root: type, raw: Any) -> str:
     if not loc:  # a rule across sections (e.g. export.quantized must name a scheme): the message says it all
         return msg
     value = err.get("input")
+    if isinstance(value, dict) and err["type"] == "value_error":  # a rule across a section's keys
+        return f"'{where}': {msg}"
     shown = "a mapping" if isinstance(value, dict) else short_repr(value)  # bounded: never the full repr
     why = _reason(root, list(err["loc"]), raw) if err["type"] in _BOUNDS else None
     return f"bad value {shown} for '{where}': {msg}" + (f" ({why})" if why else "")

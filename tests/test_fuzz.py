@@ -162,6 +162,7 @@ def test_a_thousand_hostile_recipes_and_overrides(tmp_path):
     ("", ["calibration.samples=" + "9" * 5000]),
     ("", ["calibration.samples=" + "[" * 3000]),
     ("", ["load.device=meta"]), ("", ["load.device=zzz"]), ("", ["load.device=cuda"]),
+    ("calibration: {samples: 100000, seq_len: 100000}\n", []),  # each within bounds, 1e10 tokens together
 ])
 def test_known_hostile_cases(tmp_path, text, sets):
     code, err = run_case(f"output_dir: {tmp_path / 'out'}\n" + text, sets, tmp_path)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..errors import SmoothQuantError
 from ..schema import Config
@@ -95,6 +95,9 @@ def size_bytes(size: str) -> int:
     return n
 
 
+MAX_CALIBRATION_TOKENS = 1 << 26  # 67M tokens: 30x a 128 x 2048 GPTQ calibration set; hidden states in the TB range
+
+
 class CalibrationConfig(Config):
     data: str = "offline"  # offline | wikitext2 | c4 | path to .txt/.jsonl
     samples: int = Field(32, ge=1, le=100_000, description="every window runs through every layer; 100,000 is past any calibration set in use")
@@ -104,3 +107,10 @@ class CalibrationConfig(Config):
     format: WindowFormat = "auto"  # auto (BOS when the tokenizer adds one) | text | chat: load/data.py
 
     _source = field_validator("data")(classmethod(lambda cls, v: data_source(v)))
+
+    @model_validator(mode="after")
+    def _tokens(self):
+        if self.samples * self.seq_len > MAX_CALIBRATION_TOKENS:
+            raise ValueError(f"calibration.samples × calibration.seq_len = {self.samples * self.seq_len:,} tokens; at most "
+                             f"{MAX_CALIBRATION_TOKENS:,} (every token's hidden state is kept between layers): lower one")
+        return self
