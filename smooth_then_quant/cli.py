@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         # -q means no bars at all: ours, and those libraries draw with plain tqdm (transformers' GGUF loading)
         progress.set_enabled(False)
-        tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, disable=True)
+        if not isinstance(tqdm.tqdm.__dict__.get("__init__"), functools.partialmethod):  # once per process: each
+            tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, disable=True)  # wrap nests a call
         transformers.utils.logging.disable_progress_bar()
     with handle_signals():  # SIGINT, SIGTERM, SIGHUP, SIGQUIT: clean up, then say truly what is on disk
         try:

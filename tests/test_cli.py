@@ -87,3 +87,17 @@ def test_dry_run_prints_recipe_and_stages_without_loading(tmp_path, capsys, monk
     assert "quantize W4A8: gptq int4 g128 + A8 per_tensor (builtin) on baseline, paper, smoothed" in out
     assert "remove TMAs at down_input -> mean (lossy)" in out and "migrate at y6" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_many_quiet_runs_in_one_process_do_not_nest_the_progress_bar_patch(tmp_path):
+    """Regression (found by the fuzz test in CI): every `-q` main() wrapped tqdm.__init__ once more, so after
+    ~1,000 in-process runs any progress bar raised RecursionError."""
+    import tqdm
+    p = tmp_path / "r.yaml"
+    p.write_text(f"output_dir: {tmp_path / 'out'}\nstage: analyze\n")
+    for _ in range(3):
+        assert main([str(p), "--dry-run", "-q"]) == 0
+    init = tqdm.tqdm.__dict__["__init__"]
+    assert not isinstance(getattr(init, "func", None), type(init))  # one layer of partialmethod at most
+    for _ in tqdm.tqdm(range(2)):
+        pass
