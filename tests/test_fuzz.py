@@ -66,11 +66,12 @@ def hostile_scalar(rng: random.Random) -> str:
 
 
 def recipe_case(rng: random.Random, tmp: Path) -> tuple[str, list[str]]:
-    """A recipe text: a shipped recipe with 1-3 keys changed (a schema path or an odd key, a hostile value)."""
+    """A recipe text: a shipped recipe with 1-3 keys changed (a schema path or an odd key, a hostile value), or,
+    one time in ten, unchanged (the valid outcome must stay reachable: a fix that refuses everything fails)."""
     raw = yaml.safe_load(rng.choice(RECIPES).read_text())
     raw["output_dir"] = str(tmp / "out")
     marks = {}
-    for i in range(rng.randrange(1, 4)):
+    for i in range(rng.randrange(1, 4) if rng.random() > 0.1 else 0):  # 1 in 10 unchanged: the valid outcome
         path = rng.choice(PATHS) if rng.random() < 0.75 else rng.choice(PATHS).rsplit(".", 1)[0] + "." + \
             rng.choice(ODD_KEYS)
         node, parts = raw, path.split(".")
