@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SmoothQuantError
+from .evaluate.nll import split_dataset
 from .export import get_format
 from .load.model import model_config, resolve_source
 from .output import Interrupted, OutputDir, check_output_path
@@ -130,7 +131,7 @@ def output_guards(recipe: Recipe, source: str | Path | None = None) -> tuple[lis
     folders, the bytes the outputs need: about the checkpoint's size per exported model, when it is local)."""
     model = _local(recipe.model)
     protect = [model if model.is_dir() else model.parent] if model is not None else []
-    data = [_local(d) for d in [recipe.calibration.data, *recipe.evaluation.datasets]]
+    data = [_local(d) for d in [recipe.calibration.data, *(split_dataset(d)[0] for d in recipe.evaluation.datasets)]]
     keep = [d.parent if d.is_file() else d for d in data if d is not None]
     if source is not None:
         keep.append(Path(source).resolve().parent)

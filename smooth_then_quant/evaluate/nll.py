@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import typing
 import torch
 from pydantic import Field, field_validator
 from torch import nn
@@ -31,7 +32,9 @@ class EvalConfig(Config):
     max_windows: int | None = Field(None, ge=1, le=1_000_000, description="a million windows is past any evaluation set")  # None: every window (c4: 256)
     batch_size: int = Field(1, ge=1, le=4096, description="windows per forward")
     per_intervention: bool = True  # smoothing evidence for each intervention alone, not only combined
-    format: EvalFormat = "auto"  # auto (BOS when the tokenizer adds one) | text | chat | gptq: load/data.py
+    # auto (BOS when the tokenizer adds one) | text | chat | gptq: load/data.py. A dataset written source@format
+    # (offline@gptq) is scored with that format: list both to see the published and the as-used protocol
+    format: EvalFormat = "auto"
     evidence_samples: int = Field(8, ge=1, le=10_000, description="windows probed twice, before and after smoothing")  # calibration windows probed before/after smoothing
 
     @field_validator("datasets")
@@ -39,7 +42,19 @@ class EvalConfig(Config):
     def _sources(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("list at least one dataset (offline, wikitext2, c4 or a .txt/.jsonl file)")
-        return [data_source(d) for d in v]
+        for d in v:
+            source, fmt = split_dataset(d)
+            if fmt is not None and fmt not in typing.get_args(EvalFormat):
+                raise ValueError(f"'{d}': the part after @ is an evaluation format ({', '.join(typing.get_args(EvalFormat))})")
+            data_source(source)
+        return v
+
+
+def split_dataset(d: str) -> tuple[str, str | None]:
+    """`offline@gptq` -> ("offline", "gptq"): a dataset scored with its own format (the table can then show the
+    published protocol beside the as-used one); `offline` -> ("offline", None): evaluation.format."""
+    source, sep, fmt = d.rpartition("@")
+    return (source, fmt) if sep and source and fmt in typing.get_args(EvalFormat) else (d, None)
 
 
 def evaluation_windows(tokenizer, source: str, seq_len: int, max_windows: int | None = None, format: str = "auto"
@@ -160,17 +175,19 @@ class PerplexityCache:
         self._windows: dict[tuple, tuple[torch.Tensor, dict]] = {}
         self.hits = 0
 
-    def windows(self, tokenizer, source: str, cfg: EvalConfig) -> tuple[torch.Tensor, dict]:
-        key = (id(tokenizer), source, cfg.seq_len, cfg.max_windows, cfg.format)
+    def windows(self, tokenizer, dataset: str, cfg: EvalConfig) -> tuple[torch.Tensor, dict]:
+        """`dataset`: a source, or source@format (split_dataset)."""
+        source, fmt = split_dataset(dataset)
+        key = (id(tokenizer), source, cfg.seq_len, cfg.max_windows, fmt or cfg.format)
         if key not in self._windows:
-            self._windows[key] = evaluation_windows(tokenizer, source, cfg.seq_len, cfg.max_windows, cfg.format)
+            self._windows[key] = evaluation_windows(tokenizer, source, cfg.seq_len, cfg.max_windows, fmt or cfg.format)
         return self._windows[key]
 
     def perplexity(self, model: nn.Module, tokenizer, source: str, cfg: EvalConfig, state: str = "",
                    desc: str | None = None) -> float:
         ids, protocol = self.windows(tokenizer, source, cfg)
         key = (model_fingerprint(model, runtime_signature(model) + state), source, cfg.seq_len, cfg.max_windows,
-               cfg.format)
+               protocol["format"])
         if key in self._results:
             self.hits += 1
             return self._results[key]

@@ -78,3 +78,13 @@ def test_the_cache_keeps_each_format_apart():
     cache.perplexity(model, tok, "offline", EvalConfig(seq_len=32, max_windows=3, format="auto"))
     assert cache.hits == 1
 
+
+
+def test_a_dataset_can_carry_its_own_format_so_the_table_shows_both_protocols():
+    tok, cache = bos_tokenizer(), PerplexityCache()
+    cfg = EvalConfig(datasets=["offline", "offline@gptq"], seq_len=32, max_windows=3)
+    as_used, _ = cache.windows(tok, "offline", cfg)
+    published, protocol = cache.windows(tok, "offline@gptq", cfg)
+    assert (as_used[:, 0] == BOS).all() and protocol["format"] == "gptq" and not (published[1:, 0] == BOS).any()
+    with pytest.raises(SmoothQuantError, match="unknown data source 'offline@zzz'"):
+        EvalConfig(datasets=["offline@zzz"])
