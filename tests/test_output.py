@@ -186,7 +186,27 @@ def test_a_small_tmpfs_filled_by_a_real_run(tmp_path):
 
 
 # ---- signals ----------------------------------------------------------------------------------------------
-def test_a_signal_burst_during_cleanup_cannot_cut_it(tmp_path, monkeypatch):
+@pytest.fixture
+def terminal_signals():
+    """As in a terminal: CI may start the suite as a background job (SIGINT ignored) or under nohup (SIGHUP
+    ignored), and handle_signals rightly leaves an ignored signal ignored."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(s, signal.SIG_DFL)
+    yield
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+def test_an_ignored_signal_stays_ignored(terminal_signals):
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup
+    with handle_signals():
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
+
+
+def test_a_signal_burst_during_cleanup_cannot_cut_it(tmp_path, monkeypatch, terminal_signals):
     import shutil
     target = tmp_path / "out"
     real = shutil.rmtree
@@ -208,7 +228,7 @@ def test_a_signal_burst_during_cleanup_cannot_cut_it(tmp_path, monkeypatch):
     assert _names(tmp_path) == set()
 
 
-def test_a_signal_during_the_swap_reports_a_completed_run(tmp_path, monkeypatch):
+def test_a_signal_during_the_swap_reports_a_completed_run(tmp_path, monkeypatch, terminal_signals):
     target = tmp_path / "out"
     real = os.rename
 
