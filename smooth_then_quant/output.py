@@ -226,6 +226,12 @@ def recover(target: Path) -> list[str]:
             if not target.exists():
                 d.rename(target)
                 done.append(f"restored the completed output of an interrupted run to {target}")
+            elif d.name.startswith(f".{name}.done-o-"):  # that run was told to overwrite: finish its swap
+                old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent))
+                target.rename(old / name)
+                d.rename(target)
+                shutil.rmtree(old, ignore_errors=True)
+                done.append(f"finished the interrupted swap of a completed run (overwrite) into {target}")
             else:
                 kept = _beside(target)
                 d.rename(kept)
@@ -308,7 +314,8 @@ class OutputDir:
 
     def _swap(self) -> None:
         t, parent = self.target, self.target.parent
-        done = parent / f".{t.name}.done-{self.tmp.name.rsplit('-', 1)[-1]}"
+        # the name says whether the run may replace the target, for recover() after a kill
+        done = parent / f".{t.name}.done-{'o' if self.overwrite else 'k'}-{self.tmp.name.rsplit('-', 1)[-1]}"
         self.tmp.rename(done)  # from here on the result counts as complete (recover() restores it)
         if not self.overwrite or not t.exists():
             try:

@@ -137,8 +137,13 @@ def test_a_killed_swap_is_recovered_never_lost(tmp_path):
     (tmp_path / ".out.old-y2" / "out").mkdir()
     recover(target)
     assert (target / "report.md").read_text() == "finished" and _names(tmp_path) == {"out"}
-    # a completed result beside an existing target is kept, visibly, never deleted
-    (tmp_path / ".out.done-x3").mkdir()
+    # a completed overwrite run killed before its swap: the swap is finished
+    (tmp_path / ".out.done-o-x4").mkdir()
+    (tmp_path / ".out.done-o-x4" / "report.md").write_text("newer")
+    recover(target)
+    assert (target / "report.md").read_text() == "newer" and _names(tmp_path) == {"out"}
+    # a completed result (no overwrite) beside an existing target is kept, visibly, never deleted
+    (tmp_path / ".out.done-k-x3").mkdir()
     lines = recover(target)
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("out.finished-")]
     assert len(kept) == 1 and str(kept[0]) in lines[0]
