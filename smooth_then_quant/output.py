@@ -227,10 +227,7 @@ def recover(target: Path) -> list[str]:
                 d.rename(target)
                 done.append(f"restored the completed output of an interrupted run to {target}")
             elif d.name.startswith(f".{name}.done-o-"):  # that run was told to overwrite: finish its swap
-                old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent))
-                target.rename(old / name)
-                d.rename(target)
-                shutil.rmtree(old, ignore_errors=True)
+                _replace(target, d)
                 done.append(f"finished the interrupted swap of a completed run (overwrite) into {target}")
             else:
                 kept = _beside(target)
@@ -245,6 +242,15 @@ def recover(target: Path) -> list[str]:
             shutil.rmtree(d, ignore_errors=True)
             done.append(f"removed the partial folder {d} of a run that was killed")
     return done
+
+
+def _replace(target: Path, new: Path) -> None:
+    """`new` becomes `target`; the old target goes aside as .NAME.old-* (recover() cleans it up if a kill lands
+    between the two renames) and is then removed."""
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    target.rename(old / target.name)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _beside(target: Path) -> Path:
@@ -330,10 +336,7 @@ class OutputDir:
                 done.rename(self.final)
                 self.kept_beside = True
                 return
-        old = Path(tempfile.mkdtemp(prefix=f".{t.name}.old-", dir=parent))
-        t.rename(old / t.name)
-        done.rename(t)
-        shutil.rmtree(old, ignore_errors=True)
+        _replace(t, done)
         self.final = t
 
 
