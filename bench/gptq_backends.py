@@ -66,12 +66,12 @@ def worker(args) -> dict:
         model = GPTQModel.load(str(out), backend=BACKEND.TORCH, device="cpu").model
     else:
         from smooth_then_quant import load_model
-        from smooth_then_quant.quantize.gptq import GPTQConfig, gptq_
+        from smooth_then_quant.quantize.gptq import GPTQWeights, gptq_
 
         model = load_model(folder).model
         t_load = time.perf_counter() - t0
         t1 = time.perf_counter()
-        gptq_(model, cal, GPTQConfig(bits=4, group_size=g, act_order=order, damp=0.05, true_sequential=True),
+        gptq_(model, cal, GPTQWeights(bits=4, group_size=g, act_order=order, damp=0.05, true_sequential=True),
               batch_size=args.batch_size)
         t_q = time.perf_counter() - t1
         peak = rss_gb()

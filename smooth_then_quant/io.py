@@ -42,34 +42,65 @@ def shard_name(i: int, n: int) -> str:
     return "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
 
 
+# torch dtype -> the safetensors header's dtype name (safetensors' own table, for the dtypes checkpoints hold)
+SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+                      "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+                      "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "uint16": "U16", "uint32": "U32",
+                      "uint64": "U64"}
+
+
 class ShardWriter:
     """Tensors written to safetensors shards of at most `max_bytes` as they come (transformers' file names
-    and model.safetensors.index.json), so a checkpoint never has to be whole in memory. `close()` names the
-    shards once their number is known."""
+    and model.safetensors.index.json), so a checkpoint never has to be whole in memory: not even one shard.
+
+    Hand-written because safetensors' writers (save_file, save) take the whole shard as one dict in memory, which
+    for a 5 GB shard is 5 GB resident. Each tensor's bytes go to a spool file as it comes; `flush` writes the
+    shard as the format specifies (8-byte little-endian header length, the JSON header padded with spaces to a
+    multiple of 8, then the data) and copies the spool in after it. safe_open and transformers read the result
+    (tests/test_io.py); `close()` names the shards once their number is known."""
 
     def __init__(self, folder: Path, max_bytes: int = 5 * 10**9, metadata: dict | None = None):
         self.folder, self.max_bytes, self.metadata = Path(folder), max_bytes, metadata or {"format": "pt"}
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.pending: dict = {}
+        self.header: dict = {}  # the pending shard's tensors: name -> dtype, shape, data_offsets
         self.size = 0
+        self.spool = None
         self.files: list[tuple[Path, list[str], int]] = []  # (written file, its tensors, their bytes)
 
     def add(self, name: str, tensor) -> None:
-        nbytes = tensor.numel() * tensor.element_size()
-        if self.pending and self.size + nbytes > self.max_bytes:
+        import torch
+
+        t = tensor.detach().cpu().contiguous()
+        nbytes = t.numel() * t.element_size()
+        if self.header and self.size + nbytes > self.max_bytes:
             self.flush()
-        self.pending[name] = tensor.detach().cpu().contiguous()
+        dtype = SAFETENSORS_DTYPES.get(str(t.dtype).removeprefix("torch."))
+        if dtype is None:
+            raise SmoothQuantError(f"tensor {name} has dtype {t.dtype}, which safetensors cannot store.")
+        if name in self.header:
+            raise SmoothQuantError(f"tensor {name} was written twice to one checkpoint.")
+        if self.spool is None:
+            self.spool = open(self.folder / f".shard-{len(self.files):05d}.spool", "wb")  # noqa: SIM115
+        if nbytes:
+            self.spool.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        self.header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [self.size, self.size + nbytes]}
         self.size += nbytes
 
     def flush(self) -> None:
-        from safetensors.torch import save_file
-
-        if not self.pending:
+        if not self.header:
             return
+        spool = Path(self.spool.name)
+        self.spool.close()
+        head = json.dumps({"__metadata__": self.metadata, **self.header}, separators=(",", ":")).encode()
+        head += b" " * (-len(head) % 8)
         path = self.folder / f".shard-{len(self.files):05d}.partial"
-        save_file(self.pending, str(path), metadata=self.metadata)
-        self.files.append((path, list(self.pending), self.size))
-        self.pending, self.size = {}, 0
+        with open(path, "wb") as out, open(spool, "rb") as data:
+            out.write(len(head).to_bytes(8, "little"))
+            out.write(head)
+            shutil.copyfileobj(data, out, 16 * 2**20)
+        spool.unlink()
+        self.files.append((path, list(self.header), self.size))
+        self.header, self.size, self.spool = {}, 0, None
 
     def close(self) -> list[str]:
         """Name the shards (and write the index when there are several); -> the file names."""

@@ -13,10 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .arch import input_widths
 from .errors import SmoothQuantError
+from .evaluate.lmeval import check_tasks
 from .evaluate.nll import split_dataset
 from .export import get_format
-from .load.model import model_config, resolve_source
+from .extras import require
+from .load.data import HUB_SOURCES, is_hub_dataset
+from .load import LoadedModel
+from .load.model import IN_MEMORY, model_config, resolve_source
 from .output import Interrupted, OutputDir, check_output_path
 from .recipe import Recipe
 from .stages import (Run, compared_states, describe_analyze, describe_load, describe_paper, describe_quantize,
@@ -55,7 +60,7 @@ def _describe_export(r: Recipe) -> list[str]:
 
 
 def _describe_report(r: Recipe) -> list[str]:
-    return [f"report   {r.output_dir}/ (report.md, report.json" + (", plots" if r.analysis.plots else "")
+    return [f"report   {r.output_dir}/ (report.md, report.json" + (", plots" if r.analysis.draws else "")
             + (", smoothing_plan.json" if _smooths(r) else "") + ")"]
 
 
@@ -75,22 +80,54 @@ def stages(recipe: Recipe) -> list[Stage]:
     return [s for s in STAGES if s.runs(recipe)]
 
 
-def check(recipe: Recipe) -> None:
+def check(recipe: Recipe, config=None, given_data: bool = False) -> None:
     """What the run would refuse later, refused now (the run and --dry-run both call this). A local model's
-    config is read (no weights): its architecture, and what the export format cannot hold for it."""
+    config is read (no weights): its architecture, and what the export format cannot hold for it. `config`: the
+    config of a model object the caller holds (oneshot)."""
+    for module, extra, feature in optional_needs(recipe):
+        require(module, extra, feature)
+    if _quantizes(recipe) and recipe.evaluation.tasks:
+        check_tasks(recipe.evaluation.tasks, recipe.evaluation.task_path)
     if recipe.export.push_to_hub and not exports(recipe, _ran(recipe)):
         raise SmoothQuantError("export.push_to_hub is set but nothing would be exported (export.model is false, or the "
                                f"stage ({recipe.stage}) stops before smoothing): nothing to push.")
-    if resolve_source(recipe.model)[0] == "hub":
-        return  # its config is fetched by the run (no network here)
-    ld = recipe.load
-    config = _config(recipe.model, ld.dtype, ld.device, ld.trust_remote_code, ld.revision, _stamp(recipe.model))
+    if recipe.model == IN_MEMORY and config is None:
+        raise SmoothQuantError("model: in-memory is a model object handed to oneshot(); in a recipe give a hub id, a "
+                               "folder, a .gguf file or default.")
+    if recipe.calibration.data == IN_MEMORY and not given_data:
+        raise SmoothQuantError("calibration.data: in-memory is data handed to oneshot(dataset=...); in a recipe give "
+                               "offline, wikitext2, c4, a .txt/.jsonl file or a Hub dataset id.")
+    if config is None:
+        if resolve_source(recipe.model)[0] == "hub":
+            return  # its config is fetched by the run (no network here)
+        ld = recipe.load
+        config = _config(recipe.model, ld.dtype, ld.device, ld.trust_remote_code, ld.revision, _stamp(recipe.model))
     q = recipe.export.quantized
     if q is not None and _quantizes(recipe):
         fmt = get_format(q.format)
         why = fmt.refuses_config(recipe.quantization.schemes[q.scheme].to_dict(), config) if fmt.refuses_config else None
         if why:
             raise SmoothQuantError(f"export.quantized.format {q.format} cannot hold scheme '{q.scheme}' {why}.")
+
+
+def optional_needs(recipe: Recipe) -> list[tuple[str, str, str]]:
+    """(module, extra, feature) for each optional package this recipe needs (a GGUF model: resolve_source)."""
+    needs = []
+    if recipe.analysis.plots:
+        needs.append(("matplotlib", "plots", "analysis.plots: true"))
+    repairs = [recipe.smoothing.repair.enabled and _smooths(recipe)]
+    if _quantizes(recipe) and "paper" in compared_states(recipe):
+        repairs.append(recipe.quantization.paper.repair.enabled)
+    if any(repairs):
+        needs.append(("peft", "repair", "the LoRA repair (repair.enabled: true)"))
+    if _quantizes(recipe) and recipe.quantization.gptq_backend == "gptqmodel":
+        needs.append(("gptqmodel", "gptq", "quantization.gptq_backend: gptqmodel (or set it to builtin)"))
+    if _quantizes(recipe) and recipe.evaluation.tasks:
+        needs.append(("lm_eval", "eval", "evaluation.tasks (lm-eval accuracy)"))
+    data = [recipe.calibration.data, *(split_dataset(d)[0] for d in recipe.evaluation.datasets)]
+    needs += [("datasets", "data", f"the Hub dataset {d}") for d in dict.fromkeys(data)
+              if d in HUB_SOURCES or is_hub_dataset(d)]
+    return needs
 
 
 @functools.lru_cache(maxsize=8)
@@ -103,6 +140,34 @@ def _stamp(name: str) -> float:
     kind, kw = resolve_source(name)
     p = Path(kw["pretrained_model_name_or_path"]) / kw.get("gguf_file", "config.json")
     return p.stat().st_mtime if p.exists() else 0.0
+
+
+def group_notes(recipe: Recipe) -> list[str]:
+    """For each quantized scheme whose group size does not divide a projection width of this model (config only):
+    what that means, as export warns."""
+    if not _quantizes(recipe) or recipe.model == IN_MEMORY or resolve_source(recipe.model)[0] == "hub":
+        return []
+    ld = recipe.load
+    widths = input_widths(_config(recipe.model, ld.dtype, ld.device, ld.trust_remote_code, ld.revision,
+                                  _stamp(recipe.model)))
+    notes = []
+    for name, sc in recipe.quantization.schemes.items():
+        g = sc.weights.group_size
+        bad = [w for w in widths if g > 0 and w % g]
+        if bad:
+            fits = [x for x in (128, 64, 32) if all(w % x == 0 for w in widths)]
+            notes.append(f"note     {name}: group_size {g} does not divide this model's input width {bad[0]}: a shorter "
+                         "last group, which this toolkit and GPTQModel's torch kernel read and vLLM refuses"
+                         + (f"; {fits[0]} divides every width" if fits else ""))
+    return notes
+
+
+def dry_run(recipe: Recipe, source: str | Path | None = None) -> list[str]:
+    """--dry-run: everything checkable without weights (the model's config, the device, the data files, the output
+    folder, what the export format can hold), then the stages the run would run."""
+    protect, keep, need = output_guards(recipe, source)
+    check_output_path(recipe.output_dir, recipe.overwrite, protect, keep, need)
+    return describe_stages(recipe) + group_notes(recipe)
 
 
 def describe_stages(recipe: Recipe) -> list[str]:
@@ -142,19 +207,24 @@ def output_guards(recipe: Recipe, source: str | Path | None = None) -> tuple[lis
     return protect, keep, size * len(exports(recipe, _ran(recipe))) + 64 * 2**20
 
 
-def run(recipe: Recipe, source: str | Path | None = None) -> dict:
+def run(recipe: Recipe, source: str | Path | None = None, model: LoadedModel | None = None, data=None,
+        tokenizer=None) -> dict:
     """Run the recipe into output_dir (written whole or not at all); returns where things went.
-    `source`: the recipe file, whose folder output_dir may not replace."""
+    `source`: the recipe file, whose folder output_dir may not replace. `model`: a model the caller holds (its
+    recipe.model is in-memory); `data`: calibration data in memory (calibration.data in-memory); `tokenizer`: the
+    tokenizer to use with a model the run loads by name (default: the model's own)."""
     protect, keep, need = output_guards(recipe, source)
+    held = _local(model.provenance["name"]) if model is not None else None
+    protect += [held if held.is_dir() else held.parent] if held is not None else []  # the folder it came from
     target = check_output_path(recipe.output_dir, recipe.overwrite, protect, keep, need)  # before any work
-    check(recipe)
+    check(recipe, None if model is None else model.model.config, given_data=data is not None)
     if recipe.export.quantized and not _quantizes(recipe):
         log.warning("stage %s stops before quantization: export.quantized is skipped", recipe.stage)
     todo = stages(recipe)
     with OutputDir(target, recipe.overwrite) as out:
         for line in out.recovered:
             log.warning("%s", line)
-        state = Run(recipe, out.tmp)
+        state = Run(recipe, out.tmp, given_model=model, given_data=data, given_tokenizer=tokenizer)
         state.report["stages"] = [s.name for s in todo]
         try:
             for stage in todo:

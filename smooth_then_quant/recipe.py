@@ -69,11 +69,44 @@ class Recipe(Config):
         return self
 
 
+# ---- presets: the shipped recipes, package data (so they work outside a checkout) --------------------
+PRESET_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def presets() -> dict[str, Path]:
+    """name -> the preset's YAML file: `smooth-quant quickstart` runs recipes/quickstart.yaml."""
+    return {p.stem: p for p in sorted(PRESET_DIR.glob("*.yaml"))}
+
+
+def preset_summary(path: Path, width: int = 100) -> str:
+    """The first sentence of the preset's header comment, at most `width` characters."""
+    head = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#") or line.startswith("#  "):  # the header ends at a command line or the keys
+            break
+        head.append(line.lstrip("# ").strip())
+    text = " ".join(head)
+    text = text.split(". ")[0].rstrip(".:")
+    return text if len(text) <= width else text[:width - 1].rsplit(" ", 1)[0] + "…"
+
+
+def resolve_recipe(spec: str | Path) -> Path:
+    """A recipe file, or a preset's name (`quickstart`): a file of that name wins."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name = str(spec).removesuffix(".yaml")
+    if "/" not in str(spec) and name in presets():
+        return presets()[name]
+    hint = (f"; the preset is `{path.stem}` (smooth-quant {path.stem})" if path.stem in presets() else
+            f". Pass a YAML recipe or a preset name ({', '.join(presets())}; smooth-quant --list-presets)")
+    raise SmoothQuantError(f"recipe file not found: {path}{hint}.")
+
+
 # ---- loading -----------------------------------------------------------------------------
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    path = Path(path)
-    if not path.is_file():
-        raise SmoothQuantError(f"recipe file not found: {path}. Pass a YAML recipe, e.g. recipes/analyze.yaml.")
+    """A YAML recipe file or a preset name, with --set style overrides (KEY.PATH=VALUE) applied."""
+    path = resolve_recipe(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

@@ -6,6 +6,7 @@ a stage produces is typed (SmoothingResult, QuantizationResult), and report.json
 from __future__ import annotations
 
 import gc
+import shutil
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,8 +15,10 @@ from pathlib import Path
 from .errors import SmoothQuantError
 from .detect import Analysis, analyze
 from .evaluate import FP, PerplexityCache, degradation_rows
+from .evaluate.lmeval import accuracies
 from .evaluate.evidence import ppl_change, removed_share, state_evidence
 from .export import PLAN_FILE, save_quantized, save_smoothed
+from .export.card import portable
 from .export.hub import push_folder
 from .io import write_json
 from .load import LoadedModel, calibration_windows, load_model, size_bytes
@@ -23,7 +26,7 @@ from .quantize import Scheme, detach_act_quant_, quantize_
 from .quantize.scheme import weight_key
 from .recipe import Recipe
 from .report import render_analysis, write_plots
-from .report.card import render_model_card
+from .report.card import write_model_card
 from .report.quantization import plot_quantization, render_quantization
 from .report.smoothing import plot_smoothing, render_smoothing
 from .smooth import SmoothingConfig, SmoothingPlan, clone_model, plan_smoothing, smooth_
@@ -61,9 +64,11 @@ class QuantizationResult:
     evaluation: dict
     export: dict | None = None  # the exported cell: scheme, state, format
     written: bool = False  # the cell's checkpoint is in output_dir/quantized (written when it was measured)
+    tasks: list[str] = field(default_factory=list)  # lm-eval tasks: each row's `accuracy`
 
     def to_dict(self) -> dict:
-        return {"datasets": self.datasets, "rows": self.rows, "schemes": self.schemes, "states": self.states,
+        return {"datasets": self.datasets, **({"tasks": self.tasks} if self.tasks else {}), "rows": self.rows,
+                "schemes": self.schemes, "states": self.states,
                 **({"export": self.export} if self.export else {}), "weights": self.weights,
                 "evaluation": self.evaluation}
 
@@ -85,6 +90,9 @@ class Run:
     plots: list[str] = field(default_factory=list)
     exported: dict[str, str] = field(default_factory=dict)  # what -> folder (relative to out)
     timing: dict = field(default_factory=dict)
+    given_model: LoadedModel | None = None  # the Python API's model object (oneshot), used instead of loading
+    given_data: object = None  # the Python API's calibration data in memory (texts, conversations, a Dataset)
+    given_tokenizer: object = None  # the Python API's tokenizer for a model loaded by name (oneshot)
 
 
 def _smoothing_parts(sm: SmoothingConfig) -> list[str]:
@@ -108,6 +116,8 @@ def whole_model_needed(r: Recipe) -> str | None:
     """Why this recipe needs the model whole in memory (None: every step streams it layer by layer)."""
     if r.stage != "analyze" and r.smoothing.enabled and any(iv.train is not None for iv in r.smoothing.active()):
         return "the repair trains LoRA through the whole model"
+    if r.stage == "full" and r.quantization.enabled and r.evaluation.tasks:
+        return "lm-eval runs the whole model"
     if r.stage == "full" and r.quantization.enabled and r.quantization.gptq_backend != "builtin" and any(
             sc.method == "gptq" for sc in r.quantization.schemes.values()):
         return f"the {r.quantization.gptq_backend} GPTQ backend quantizes a whole model"
@@ -129,13 +139,19 @@ def run_load(run: Run) -> None:
     unless resources.offload_dir
     says otherwise, and is removed when the run ends, however it ends."""
     r, t0 = run.recipe, time.perf_counter()
+    if run.given_model is not None:  # a model the caller holds: used as it is, whole, on its own device
+        run.loaded = run.given_model
+        check_positions(run.loaded.model.config, r)
+        run.timing["load_seconds"] = 0.0
+        return
     why = whole_model_needed(r) if r.load.stream else None
     if why:
         log.info("loading the model whole: %s", why)
     run.loaded = load_model(r.model, dtype=r.load.dtype, device=r.load.device, trust_remote_code=r.load.trust_remote_code,
                             revision=r.load.revision, stream=r.load.stream and why is None,
                             offload_dir=r.resources.offload_dir or str(run.out),
-                            max_memory=None if r.resources.max_memory is None else size_bytes(r.resources.max_memory))
+                            max_memory=None if r.resources.max_memory is None else size_bytes(r.resources.max_memory),
+                            tokenizer=run.given_tokenizer)
     if why:
         run.loaded.provenance["weights"] = f"loaded whole: {why}"
     check_positions(run.loaded.model.config, r)
@@ -154,14 +170,16 @@ def describe_analyze(r: Recipe) -> list[str]:
 def run_analyze(run: Run) -> None:
     r, loaded = run.recipe, run.loaded
     cal = r.calibration
-    run.ids, data = calibration_windows(loaded.tokenizer, cal.data, cal.samples, cal.seq_len, cal.seed, cal.format)
+    source = run.given_data if run.given_data is not None else cal.data
+    run.ids, data = calibration_windows(loaded.tokenizer, source, cal.samples, cal.seq_len, cal.seed, cal.format,
+                                        split=cal.split, text_column=cal.text_column)
     t0 = time.perf_counter()
     run.analysis = analyze(loaded.model, run.ids, r.analysis, batch_size=cal.batch_size)
     run.timing["probe_seconds"] = round(time.perf_counter() - t0, 2)
     run.report.update({"tool": {"name": "smooth-then-quant", "version": __version__},
                        "recipe": r.model_dump(mode="json"), "model": loaded.provenance, "data": data,
                        "timing": run.timing, "analysis": run.analysis.to_dict()})
-    run.plots += write_plots(run.analysis, run.out) if r.analysis.plots else []
+    run.plots += write_plots(run.analysis, run.out) if r.analysis.draws else []
     report = run.report
     report["plots"] = run.plots
     for key in ("massive_activations", "channel_outliers", "gamma_outliers", "otc"):
@@ -221,7 +239,7 @@ def run_smooth(run: Run) -> None:
         s["removed"] = removed_share(states[0], s)
     run.smoothing = SmoothingResult(plan, smoothed, states, {d: cache.windows(tok, d, ev)[1] for d in ev.datasets})
     run.report["smoothing"] = run.smoothing.to_dict()
-    if r.analysis.plots:
+    if r.analysis.draws:
         run.plots.append(plot_smoothing(states, run.out / "smoothing_effect.png").name)
     plan.save(run.out / PLAN_FILE)
     run.markdown.append(render_smoothing(run.report))
@@ -255,6 +273,9 @@ def describe_quantize(r: Recipe) -> list[str]:
                      + (f" act-order {w.act_order}" if getattr(w, "act_order", "off") != "off" else "")
                      + ("" if a is None else f" + A{a.bits} {a.granularity}")
                      + (f" ({q.gptq_backend})" if w.method == "gptq" else "") + f" on {', '.join(states)}")
+    if r.evaluation.tasks:
+        lines.append(f"evaluate lm-eval {', '.join(r.evaluation.tasks)} accuracy on every cell"
+                     + (f" (at most {r.evaluation.task_limit} documents per task)" if r.evaluation.task_limit else ""))
     return [*lines, _evaluation_line(r, "FP and quantized")]
 
 
@@ -275,9 +296,17 @@ def run_quantize(run: Run) -> None:
     by_weights: dict[tuple, list[Scheme]] = {}  # schemes sharing a weight config share one quantization
     for sc in schemes:
         by_weights.setdefault(weight_key(sc), []).append(sc)
-    ppl, weights, written = {}, {}, False
+    ppl, acc, weights, written = {}, {}, {}, False
+
+    def score(model, key: tuple[str, str]) -> None:  # lm-eval accuracies of one cell (evaluation.tasks)
+        if ev.tasks:
+            log.info("lm-eval %s on %s %s", ", ".join(ev.tasks), *key)
+            acc[key] = accuracies(model, tok, ev.tasks, run.out / ".lm-eval", limit=ev.task_limit,
+                                  num_fewshot=ev.num_fewshot, batch_size=ev.task_batch_size, task_path=ev.task_path)
+
     for state, c in states.items():
         ppl[(FP, state)] = {d: cache.perplexity(c.model, tok, d, ev, desc=f"FP {state}: {d}") for d in ev.datasets}
+        score(c.model, (FP, state))
         for group in by_weights.values():
             qm = clone_model(c.model)
             log.info("quantizing weights of the %s model: %s", state, group[0].describe())
@@ -288,6 +317,7 @@ def run_quantize(run: Run) -> None:
                     quantize_(qm, sc, run.ids, weights_done=True)
                 ppl[(sc.name, state)] = {d: cache.perplexity(qm, tok, d, ev, state=repr(sc.activations),
                                                              desc=f"{sc.name} {state}: {d}") for d in ev.datasets}
+                score(qm, (sc.name, state))
                 if target is not None and (target.scheme, target.state) == (sc.name, state):
                     log.info("writing the %s / %s checkpoint (%s format)", sc.name, state, target.format)
                     save_quantized(qm, tok, run.out / "quantized", c.plan, target.format,
@@ -297,13 +327,15 @@ def run_quantize(run: Run) -> None:
             del qm
             gc.collect()
     run.quantization = QuantizationResult(
-        list(ev.datasets), degradation_rows(ppl, [sc.name for sc in schemes], list(states), ev.datasets),
+        list(ev.datasets), degradation_rows(ppl, [sc.name for sc in schemes], list(states), ev.datasets, acc),
         [_scheme_dict(sc, q.gptq_backend) for sc in schemes], {k: v.description for k, v in states.items()}, weights,
         {d: cache.windows(tok, d, ev)[1] for d in ev.datasets},
-        {"scheme": target.scheme, "state": target.state, "format": target.format} if target else None, written)
+        {"scheme": target.scheme, "state": target.state, "format": target.format} if target else None, written,
+        list(ev.tasks))
+    shutil.rmtree(run.out / ".lm-eval", ignore_errors=True)  # the built task data
     run.report["quantization"] = run.quantization.to_dict()
     run.timing["quantization_seconds"] = round(time.perf_counter() - t0, 1)
-    if r.analysis.plots:
+    if r.analysis.draws:
         run.plots.append(plot_quantization(run.report["quantization"], run.out / "quantization.png").name)
     run.markdown.append(render_quantization(run.report))
 
@@ -341,13 +373,13 @@ def run_export(run: Run) -> None:
 def run_report(run: Run) -> None:
     report, target = run.report, run.recipe.export.quantized
     report["export"] = dict(run.exported)
+    lic = run.recipe.export.license
     if "model" in run.exported:
-        (run.out / "model" / "README.md").write_text(render_model_card(report, "smoothed"), encoding="utf-8")
+        write_model_card(run.out / "model", report, "smoothed", license=lic)
     if "quantized" in run.exported:
-        (run.out / "quantized" / "README.md").write_text(
-            render_model_card(report, "quantized", target.scheme, target.state), encoding="utf-8")
-    for folder in run.exported.values():  # each export carries the report it was measured in
-        write_json(run.out / folder / "report.json", report)
+        write_model_card(run.out / "quantized", report, "quantized", target.scheme, target.state, license=lic)
+    for folder in run.exported.values():  # each export carries the report it was measured in, with no local path
+        write_json(run.out / folder / "report.json", portable(report))
     write_json(run.out / "report.json", report)
     (run.out / "report.md").write_text("\n".join(run.markdown), encoding="utf-8")
 

@@ -84,7 +84,8 @@ def test_dry_run_prints_recipe_and_stages_without_loading(tmp_path, capsys, monk
     assert main([str(p), "--dry-run", "--set", "calibration.samples=8"]) == 0
     out = capsys.readouterr().out
     assert "samples: 8" in out and "# stages" in out
-    assert "quantize W4A8: gptq int4 g128 + A8 per_tensor (builtin) on baseline, paper, smoothed" in out
+    assert "quantize W4A8-static: gptq int4 g128 + A8 per_tensor (builtin) on baseline, paper, smoothed" in out
+    assert "quantize W4A8: gptq int4 g128 + A8 per_token (builtin) on baseline, paper, smoothed" in out
     assert "remove TMAs at down_input -> mean (lossy)" in out and "migrate at y6" in out
     assert not (tmp_path / "out").exists()
 

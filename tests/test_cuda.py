@@ -18,9 +18,9 @@ SMALL = ["calibration.samples=8", "calibration.seq_len=64", "evaluation.seq_len=
 def _run(tmp_path, folder, device, stream="true"):
     recipe = tmp_path / f"{device}.yaml"
     recipe.write_text(f"model: {folder}\nsmoothing: {{enabled: true}}\noutput_dir: {tmp_path / device}\n"
-                      "quantization: {enabled: true, schemes: {W4A8: {weights: {bits: 4, group_size: 32}, "
+                      "quantization: {enabled: true, schemes: {W4A8-static: {weights: {bits: 4, group_size: 32}, "
                       "activations: {granularity: per_tensor}}}}\n"
-                      "export: {model: true, quantized: {scheme: W4A8, state: smoothed}}\n")
+                      "export: {model: true, quantized: {scheme: W4A8-static, state: smoothed}}\n")
     args = [str(recipe), "-q", "--set", f"load.device={device}", "--set", f"load.stream={stream}", "--set",
             "overwrite=true"] + [a for kv in SMALL for a in ("--set", kv)]
     assert main(args) == 0

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+from huggingface_hub import ModelCard
 
 from planting import save_tiny
 from smooth_then_quant.cli import main
@@ -82,7 +83,7 @@ def test_quantization_table_has_every_row(tmp_path, sensitive_folder):
     out, report = run(tmp_path, sensitive_folder, ["quantization.enabled=true"])
     q = report["quantization"]
     got = {(r["scheme"], r["state"]) for r in q["rows"]}
-    assert got == {(s, st) for s in ("FP", "W4A16", "W8A8", "W4A8") for st in ("baseline", "paper", "smoothed")}
+    assert got == {(s, st) for s in ("FP", "W4A16", "W8A8", "W4A8", "W4A8-static") for st in ("baseline", "paper", "smoothed")}
     fp = next(r for r in q["rows"] if r["scheme"] == "FP" and r["state"] == "baseline")["ppl"]["offline"]
     for r in q["rows"]:
         assert r["delta_ppl"]["offline"] == pytest.approx(r["ppl"]["offline"] - fp)
@@ -93,12 +94,12 @@ def test_quantization_table_has_every_row(tmp_path, sensitive_folder):
                     1 - r["delta_ppl"]["offline"] / base["delta_ppl"]["offline"])
     smoothed_fp = next(r for r in q["rows"] if r["scheme"] == "FP" and r["state"] == "smoothed")
     assert smoothed_fp["ppl"]["offline"] == pytest.approx(fp, rel=1e-4)  # the recipe's smoothing is exact
-    w4a16, w4a8 = ({r["state"]: r["ppl"]["offline"] for r in q["rows"] if r["scheme"] == s} for s in ("W4A16", "W4A8"))
+    w4a16, w4a8 = ({r["state"]: r["ppl"]["offline"] for r in q["rows"] if r["scheme"] == s} for s in ("W4A16", "W4A8-static"))
     assert w4a16 != w4a8  # activation quantization is applied (and not served from the W4A16 cache entry)
-    assert len(q["weights"]) == 6  # W4A16 and W4A8 share one GPTQ run per state: 2 weight configs x 3 states
+    assert len(q["weights"]) == 6  # W4A16 and both W4A8 share one GPTQ run per state: 2 weight configs x 3 states
     md = (out / "report.md").read_text()
     assert "## Quantization" in md and "W8A8" in md and "per-tensor static" in md
-    w4 = next(r for r in q["rows"] if r["scheme"] == "W4A8" and r["state"] == "baseline")
+    w4 = next(r for r in q["rows"] if r["scheme"] == "W4A8-static" and r["state"] == "baseline")
     assert w4["delta_ppl"]["offline"] > MIN_DEGRADATION * fp  # the model is sensitive enough to compare states
     assert (out / "quantization.png").stat().st_size > 10_000
 
@@ -108,17 +109,21 @@ def test_quantized_export_reloads_to_the_reported_perplexity(tmp_path, sensitive
     """The exported checkpoint (W4A8 on the paper's state: runtime TMA removal + A8 ranges ride
     along) reloads to exactly the perplexity the table reports; both exports carry a model card."""
     out, report = run(tmp_path, sensitive_folder, [
-        "quantization.enabled=true", "quantization.schemes={W4A8: {weights: {bits: 4, group_size: 32}, "
-        "activations: {granularity: per_tensor}}}", f"export.quantized={{scheme: W4A8, state: paper, format: {fmt}}}"])
+        "quantization.enabled=true", "quantization.schemes={W4A8-static: {weights: {bits: 4, group_size: 32}, "
+        "activations: {granularity: per_tensor}}}", f"export.quantized={{scheme: W4A8-static, state: paper, format: {fmt}}}"])
     qc = json.loads((out / "quantized" / "config.json").read_text())["quantization_config"]
     assert qc["quant_method"] == fmt
-    row = next(r for r in report["quantization"]["rows"] if (r["scheme"], r["state"]) == ("W4A8", "paper"))
+    row = next(r for r in report["quantization"]["rows"] if (r["scheme"], r["state"]) == ("W4A8-static", "paper"))
     loaded = load_model(str(out / "quantized"))
     assert len(runtime_ops(loaded.model)) >= 1 and "activation_quant" in loaded.provenance
     ids, _ = evaluation_windows(loaded.tokenizer, "offline", 64, 3)
     assert perplexity(loaded.model, ids, 3, False) == pytest.approx(row["ppl"]["offline"], rel=1e-5)
     card = (out / "quantized" / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: transformers") and "| W4A8 | paper's smoothing **← this checkpoint** |" in card
+    meta = ModelCard.load(out / "quantized" / "README.md").data
+    assert meta.library_name == "transformers" and meta.pipeline_tag == "text-generation"
+    assert {r.metric_type for r in meta.eval_results} == {"perplexity"}
+    assert meta.eval_results[0].metric_value == pytest.approx(row["ppl"]["offline"], rel=1e-3)
+    assert "| W4A8-static | paper's smoothing **← this checkpoint** |" in card and "**Serving:**" in card
     assert f"quant_method: {fmt}" in card
     assert "```yaml\nstage: full" in card and "per_tensor" in card  # the recipe, as run
     assert "| migrate_norm |" in (out / "model" / "README.md").read_text()

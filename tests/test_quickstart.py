@@ -29,11 +29,11 @@ def _row(report, scheme, state):
 def test_quickstart_table_and_exports(quickstart):
     out, report = quickstart
     rows = {(r["scheme"], r["state"]) for r in report["quantization"]["rows"]}
-    assert rows == {(s, st) for s in ("FP", "W4A16", "W4A8") for st in ("baseline", "paper", "smoothed")}
-    # what the quickstart demonstrates: the exact smoothing keeps the float model and helps W4A8
+    assert rows == {(s, st) for s in ("FP", "W4A16", "W4A8-static") for st in ("baseline", "paper", "smoothed")}
+    # what the quickstart demonstrates: the exact smoothing keeps the float model and helps W4A8-static
     assert _row(report, "FP", "smoothed")["ppl"]["offline"] == pytest.approx(
         _row(report, "FP", "baseline")["ppl"]["offline"], rel=1e-4)
-    assert _row(report, "W4A8", "smoothed")["ppl"]["offline"] < _row(report, "W4A8", "baseline")["ppl"]["offline"]
+    assert _row(report, "W4A8-static", "smoothed")["ppl"]["offline"] < _row(report, "W4A8-static", "baseline")["ppl"]["offline"]
     for folder in ("model", "quantized"):
         card = (out / folder / "README.md").read_text()
         assert "## Perplexity" in card and "## Recipe" in card

@@ -1,4 +1,4 @@
-"""The README's Python API example runs as written (on the embedded SmolLM2, offline)."""
+"""Every Python example in the README runs as written (on the embedded SmolLM2, offline)."""
 import math
 import re
 from pathlib import Path
@@ -11,15 +11,17 @@ pytestmark = pytest.mark.slow
 README = Path(__file__).parents[1] / "README.md"
 
 
-def api_example() -> str:
-    section = README.read_text(encoding="utf-8").split("## Python API", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def examples() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
 
 
-def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # it exports to ./smoothed-smollm2
-    exec(compile(api_example(), "README.md (Python API)", "exec"), {})
-    printed = capsys.readouterr().out.strip().splitlines()
+def _check_oneshot(tmp_path, printed):
+    documents, families, report = printed[-1].split()
+    assert int(documents) == 200 and int(families) >= 0
+    assert Path(tmp_path / report).is_file() or Path(report).is_file()
+
+
+def _check_api(tmp_path, printed):
     smoothed, w4a8, reloaded = (float(x) for x in printed[-3:])  # the three perplexities it prints last
     assert reloaded == pytest.approx(w4a8, rel=1e-6)  # the GPTQ export is the model that was measured
     assert (tmp_path / "smollm2-w4a8" / "activation_quant.json").is_file()
@@ -30,3 +32,23 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "smoothed-smollm2" / "smoothing_plan.json").is_file()
     assert list((tmp_path / "smoothed-smollm2").glob("*.safetensors"))
     assert 5 < smoothed < 30 and math.isfinite(w4a8) and w4a8 > smoothed  # quantization costs something
+
+
+CHECKS = {"oneshot(": _check_oneshot, "export_quantized(": _check_api}  # what each example's output must show
+
+
+def test_every_example_has_a_check():
+    blocks = examples()
+    assert len(blocks) >= 2
+    for code in blocks:
+        assert sum(marker in code for marker in CHECKS) == 1, code[:200]
+
+
+@pytest.mark.parametrize("index", range(len(examples())))
+def test_readme_python_example_runs(index, tmp_path, monkeypatch, capsys):
+    code = examples()[index]
+    monkeypatch.chdir(tmp_path)  # examples write into the current folder
+    exec(compile(code, f"README.md (Python example {index + 1})", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()
+    check = next(f for marker, f in CHECKS.items() if marker in code)
+    check(tmp_path, printed)

@@ -20,8 +20,8 @@ SMALL = ["calibration.samples=6", "calibration.seq_len=48", "calibration.batch_s
          "evaluation.max_windows=3", "evaluation.batch_size=2", "evaluation.evidence_samples=4",
          "smoothing.migrate.search_samples=2", "smoothing.migrate.target.group_size=32", "analysis.plots=false",
          "quantization.enabled=true", "quantization.schemes={W4A16: {weights: {bits: 4, group_size: 32}}, "
-         "W4A8: {weights: {bits: 4, group_size: 32}, activations: {granularity: per_tensor}}}",
-         "export.quantized={scheme: W4A8, state: paper}"]
+         "W4A8-static: {weights: {bits: 4, group_size: 32}, activations: {granularity: per_tensor}}}",
+         "export.quantized={scheme: W4A8-static, state: paper}"]
 
 
 def _run(folder, out, extra):
@@ -166,7 +166,7 @@ def test_hidden_states_beyond_the_memory_budget_spill_to_disk_with_the_same_numb
     from smooth_then_quant.detect import analyze
     from smooth_then_quant.evaluate import window_nll
     from smooth_then_quant.load import load_model
-    from smooth_then_quant.quantize import GPTQConfig, gptq_
+    from smooth_then_quant.quantize import GPTQWeights, gptq_
 
     save_tiny(tmp_path / "m", "qwen2", init=0.05)
     ids = windows(6, 32, trigger_at=0)
@@ -180,7 +180,7 @@ def test_hidden_states_beyond_the_memory_budget_spill_to_disk_with_the_same_numb
     assert analyze(roomy.model, ids).to_dict() == analyze(tight.model, ids).to_dict()
     assert torch.equal(window_nll(roomy.model, ids, 2, False), window_nll(tight.model, ids, 2, False))
     for m in (roomy.model, tight.model):
-        gptq_(m, ids, GPTQConfig(bits=4, group_size=32), batch_size=2)
+        gptq_(m, ids, GPTQWeights(bits=4, group_size=32), batch_size=2)
     assert torch.equal(window_nll(roomy.model, ids, 2, False), window_nll(tight.model, ids, 2, False))
 
 
@@ -193,9 +193,9 @@ def test_smollm2_streamed_from_its_gguf_gives_the_report_and_exports_of_the_whol
     recipe.write_text("model: default\nsmoothing: {enabled: true, migrate: {search_samples: 2}}\n"
                       "calibration: {samples: 4, seq_len: 128}\nanalysis: {plots: false}\n"
                       "evaluation: {seq_len: 128, max_windows: 4, per_intervention: false, evidence_samples: 2}\n"
-                      "quantization: {enabled: true, compare: [baseline, paper, smoothed], schemes: {W4A8: {weights: "
+                      "quantization: {enabled: true, compare: [baseline, paper, smoothed], schemes: {W4A8-static: {weights: "
                       "{bits: 4, group_size: 64}, activations: {granularity: per_tensor}}}}\n"
-                      "export: {model: true, quantized: {scheme: W4A8, state: smoothed, format: compressed-tensors}}\n"
+                      "export: {model: true, quantized: {scheme: W4A8-static, state: smoothed, format: compressed-tensors}}\n"
                       "output_dir: unused\n")
     reports = {}
     for stream in ("false", "true"):

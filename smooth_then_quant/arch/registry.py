@@ -35,3 +35,14 @@ def adapter_for(model_or_config) -> ArchAdapter:
             f"{', '.join(supported_model_types())}. Support for a new family is one adapter registered with "
             f"smooth_then_quant.arch.register_adapter (see arch/families.py) naming where x1..x9 / y1..y7 live."
         ) from None
+
+
+def input_widths(config) -> list[int]:
+    """The input widths of the decoder's projections, from the config alone (hidden, attention output, MLP):
+    what a weight group size must divide. GPT-2 names them n_embd / n_inner."""
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    head_dim = getattr(config, "head_dim", None) or (hidden // heads if hidden and heads else None)
+    inner = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or (
+        4 * hidden if hidden and config.model_type == "gpt2" else None)
+    return sorted({w for w in (hidden, heads * head_dim if heads and head_dim else None, inner) if w})

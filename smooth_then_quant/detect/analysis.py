@@ -17,6 +17,7 @@ from ..load.stream import streamed_model
 from ..probe import MassiveRule, ProbeConfig, ProbeResult, probe_model
 from ..schema import Config
 from .channels import ChannelRule, channel_outliers, gamma_outliers
+from ..extras import available
 from .massive import MassiveActivation, cancellations, find_massive, massive_families, summarize_massive
 from .otc import outlier_triggering_channels
 
@@ -26,7 +27,11 @@ class AnalysisConfig(Config):
     massive: MassiveRule = MassiveRule()
     channel: ChannelRule = ChannelRule()
     top_k: int = Field(10, ge=3, le=10_000, description="values kept per point and window")
-    plots: bool = True
+    plots: bool | None = None  # None: when matplotlib (the [plots] extra) is installed; true: required
+
+    @property
+    def draws(self) -> bool:
+        return self.plots if self.plots is not None else available("matplotlib")
 
 
 @dataclass

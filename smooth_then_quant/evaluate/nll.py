@@ -36,6 +36,22 @@ class EvalConfig(Config):
     # (offline@gptq) is scored with that format: list both to see the published and the as-used protocol
     format: EvalFormat = "auto"
     evidence_samples: int = Field(8, ge=1, le=10_000, description="windows probed twice, before and after smoothing")  # calibration windows probed before/after smoothing
+    # lm-eval tasks scored on every cell of the quantization table (the [eval] extra): offline_cloze (shipped,
+    # offline), or lm-eval's own (arc_easy, hellaswag, piqa, winogrande, lambada_openai: the Hub's datasets)
+    tasks: list[str] = Field([], max_length=64)
+    task_limit: int | None = Field(None, ge=1, le=10_000_000, description="documents per task (lm-eval's limit)")
+    num_fewshot: int | None = Field(None, ge=0, le=100, description="lm-eval few-shot examples per document")
+    task_path: str | None = None  # a folder of lm-eval YAML tasks (lm-eval's include_path)
+    task_batch_size: int = Field(8, ge=1, le=4096, description="documents per lm-eval forward")
+
+    @field_validator("task_path")
+    @classmethod
+    def _task_folder(cls, v: str | None) -> str | None:
+        from pathlib import Path
+
+        if v is not None and not Path(v).expanduser().is_dir():
+            raise ValueError(f"task_path {v} is not a folder (a folder of lm-eval YAML task files)")
+        return v
 
     @field_validator("datasets")
     @classmethod

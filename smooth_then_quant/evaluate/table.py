@@ -8,29 +8,25 @@ here too, since its ΔPPL is measured against the original model.
 """
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..quantize import GPTQ_BACKENDS, Scheme
+from ..quantize import GPTQ_BACKENDS, Scheme, preset_schemes
+from ..quantize.scheme import SCHEME_PRESETS
 from ..schema import Config
 from ..smooth import SmoothingConfig
 
 FP = "FP"
 STATES = ("baseline", "paper", "smoothed")
-DEFAULT_SCHEMES = {
-    "W4A16": {"weights": {"bits": 4}},
-    "W8A8": {"weights": {"bits": 8, "group_size": -1}, "activations": {"granularity": "per_token"}},
-    "W4A8": {"weights": {"bits": 4}, "activations": {"granularity": "per_tensor"}},
-}
 PAPER_SMOOTHING = {"remove_massive": {"enabled": True}, "migrate": {"norm": "none", "down": False}}
 
 
 class QuantizationConfig(Config):
     """`quantization:` — the table: FP and every scheme x every compared smoothing state."""
     enabled: bool = False
-    schemes: dict[str, Scheme] = Field(default_factory=lambda: {k: Scheme(name=k, **v)
-                                                                for k, v in DEFAULT_SCHEMES.items()})
+    schemes: dict[str, Scheme] = Field(default_factory=lambda: {s.name: s for s in preset_schemes()})
     compare: list[Literal["baseline", "paper", "smoothed"]] = list(STATES)
     paper: SmoothingConfig = Field(default_factory=lambda: SmoothingConfig(**PAPER_SMOOTHING))  # the paper's smoothing
     batch_size: int = Field(1, ge=1, le=4096, description="windows per forward")  # calibration windows per GPTQ layer forward (1: least memory)
@@ -39,10 +35,14 @@ class QuantizationConfig(Config):
     @model_validator(mode="before")
     @classmethod
     def _scheme_names(cls, data):
-        """A scheme's name is its key (schemes: {W4A8: {...}})."""
+        """A scheme's name is its key (schemes: {W4A8: {...}}); a preset's name alone is that preset
+        (schemes: [W4A16, W4A8-static], or {mine: W4A8-static}); {W4A8: null} is the preset W4A8."""
+        if isinstance(data, dict) and isinstance(data.get("schemes"), list | tuple):
+            data = {**data, "schemes": {v if isinstance(v, str) else getattr(v, "name", None) or
+                                        (v.get("name") if isinstance(v, dict) else None) or f"scheme{i}": v
+                                        for i, v in enumerate(data["schemes"])}}
         if isinstance(data, dict) and isinstance(data.get("schemes"), dict):
-            data = {**data, "schemes": {k: {**v, "name": k} if isinstance(v, dict) else v
-                                        for k, v in data["schemes"].items()}}
+            data = {**data, "schemes": {k: _named(k, v) for k, v in data["schemes"].items()}}
         return data
 
     @field_validator("compare")
@@ -52,12 +52,23 @@ class QuantizationConfig(Config):
             raise ValueError("compare must include baseline (the reference of 'degradation reduced')")
         return list(dict.fromkeys(["baseline", *v]))
 
+def _named(key: str, v):
+    if isinstance(v, dict):
+        return {**v, "name": key}
+    if v is None:
+        return {"name": key}
+    if isinstance(v, str) and v in SCHEME_PRESETS:  # {mine: W4A8-static}: that preset, under the key's name
+        return {"name": key, **copy.deepcopy(SCHEME_PRESETS[v])}
+    return v
+
+
 MIN_DEGRADATION = 1e-3  # a baseline ΔPPL below 0.1 % of FP is noise: no reduction is computed from it
 
 
 def degradation_rows(ppl: dict[tuple[str, str], dict[str, float]], schemes: list[str], states: list[str],
-                     datasets: list[str]) -> list[dict]:
-    """ppl[(scheme or FP, state)][dataset] -> one row per (scheme, state), FP first."""
+                     datasets: list[str], acc: dict[tuple[str, str], dict[str, float]] | None = None) -> list[dict]:
+    """ppl[(scheme or FP, state)][dataset] (and acc[(scheme or FP, state)][task], lm-eval) -> one row per
+    (scheme, state), FP first."""
     ref = ppl[(FP, "baseline")]
     rows = []
     for scheme in [FP, *schemes]:
@@ -72,7 +83,8 @@ def degradation_rows(ppl: dict[tuple[str, str], dict[str, float]], schemes: list
                     base = ppl[(scheme, "baseline")][d] - ref[d]
                     reduced[d] = None if base <= MIN_DEGRADATION * ref[d] else 1 - delta[d] / base
             rows.append({"scheme": scheme, "state": state, "ppl": vals, "delta_ppl": delta,
-                         "degradation_reduced": reduced or None})
+                         "degradation_reduced": reduced or None,
+                         **({"accuracy": acc[(scheme, state)]} if acc and (scheme, state) in acc else {})})
     return rows
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from ..io import weights_digest
 from ..output import OutputDir, check_output_path, model_folders
 from ..smooth.plan import SmoothingPlan
+from .card import api_card
 from .formats.common import write_weights, model_tensors
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def save_smoothed(model: nn.Module, tokenizer, plan: SmoothingPlan, folder: Path
     if runtime:
         log.info("%d runtime interventions are in %s; load the folder with smooth_then_quant.load_model to "
                  "re-attach them (a plain from_pretrained would not)", len(runtime), PLAN_FILE)
+    api_card(folder, model, kind="smoothed", plan=plan)  # a recipe run replaces it with the report's card
     return folder
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from ..load.config import size_bytes
 from ..schema import Config
@@ -30,6 +30,8 @@ class ExportConfig(Config):
     push_to_hub: str | None = None  # a Hub repo id (user/name); token from HF_TOKEN or `hf auth login`
     private: bool = True  # a new Hub repo is private unless this is false
     max_shard_size: str = "5GB"  # safetensors shards of at most this size (and an index), as save_pretrained
+    # the model card's license (a Hub license id, e.g. apache-2.0, llama3.2); default: the source model card's
+    license: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.\-]{0,63}$")
 
     @field_validator("max_shard_size")
     @classmethod

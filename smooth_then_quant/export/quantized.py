@@ -5,7 +5,7 @@ measured on, in any registered format (export/formats/):
     compressed-tensors  the weights AND the activation quantization, so vLLM serves an A8 cell with
                         int8 activations; transformers loads it too
 
-    quantize_(model, Scheme("W4A16", GPTQConfig(4, 64)), ids)     # resident or streamed
+    quantize_(model, Scheme("W4A16", GPTQWeights(4, 64)), ids)     # resident or streamed
     export_quantized(model, tokenizer, "smollm2-w4a16", plan=plan)                 # GPTQ
     export_quantized(model, tokenizer, "smollm2-w8a8", format="compressed-tensors")
 
@@ -28,9 +28,10 @@ from ..errors import SmoothQuantError
 from ..io import weights_digest
 from ..output import OutputDir, check_output_path, model_folders
 from ..quantize.fake import act_quant_state
+from .card import api_card
 from .checkpoint import MAX_SHARD_BYTES, PLAN_FILE, save_config
 from .formats import ExportFormat, get_format
-from .formats.common import model_tensors, write_weights
+from .formats.common import model_tensors, uniform_grids, write_weights
 
 log = logging.getLogger(__name__)
 ACT_FILE = "activation_quant.json"
@@ -72,7 +73,21 @@ def save_quantized(model: nn.Module, tokenizer, folder: Path, plan=None, format:
         if fmt.act_quant is None:
             log.info("A%d activation quantization is in %s: smooth_then_quant.load_model re-attaches it; other "
                      "loaders run the weights without it (format compressed-tensors carries it)", q.bits, ACT_FILE)
+    api_card(folder, model, kind="quantized", plan=plan, scheme=carried_scheme(model), fmt=fmt)  # a run replaces it
     return folder
+
+
+def carried_scheme(model: nn.Module) -> dict:
+    """The scheme the quantized model carries (its grids and A8 quantizer), as Scheme.to_dict() gives it."""
+    g = next(iter(uniform_grids(model).values()))
+    state = act_quant_state(model)
+    w = {"bits": g.bits, "group_size": g.group_size, "symmetric": g.symmetric}
+    a = None if state is None else state[0].model_dump()
+    name = f"W{g.bits}A{a['bits'] if a else 16}" + ("-static" if a and state[0].kind.static else "")
+    text = (f"int{g.bits} weights " + ("per output channel" if g.group_size == -1 else f"in groups of {g.group_size}")
+            + (", symmetric" if g.symmetric else ", asymmetric") + (f", {state[0].describe()} activations" if a else
+                                                                   ", 16-bit activations"))
+    return {"name": name, "weights": w, "activations": a, "description": text}
 
 
 def export_quantized(model: nn.Module, tokenizer, path: str | Path, plan=None, overwrite: bool = False,

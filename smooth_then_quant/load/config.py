@@ -13,10 +13,10 @@ from ..schema import Config
 from .data import WindowFormat, check_source
 
 
-def data_source(v: str) -> str:
+def data_source(v: str, hub_ids: bool = False) -> str:
     """A pydantic validator: the data source exists (a missing file fails at validation, not after loading)."""
     try:
-        check_source(v)
+        check_source(v, hub_ids)
     except SmoothQuantError as e:
         raise ValueError(str(e)) from None
     return v
@@ -99,14 +99,16 @@ MAX_CALIBRATION_TOKENS = 1 << 26  # 67M tokens: 30x a 128 x 2048 GPTQ calibratio
 
 
 class CalibrationConfig(Config):
-    data: str = "offline"  # offline | wikitext2 | c4 | path to .txt/.jsonl
+    data: str = "offline"  # offline | wikitext2 | c4 | path to .txt/.jsonl | a Hub dataset id (owner/name)
+    split: str = Field("train", min_length=1, max_length=200)  # a Hub dataset's split
+    text_column: str | None = Field(None, min_length=1, max_length=200)  # default: text, else messages (chat)
     samples: int = Field(32, ge=1, le=100_000, description="every window runs through every layer; 100,000 is past any calibration set in use")
     seq_len: int = Field(512, ge=2, le=1_048_576, description="2^20 tokens is past any model's context")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="torch's generator takes a 64-bit seed")
     batch_size: int = Field(4, ge=1, le=4096, description="windows per forward")  # windows per forward of the probe, the α search and the A8 ranges
     format: WindowFormat = "auto"  # auto (BOS when the tokenizer adds one) | text | chat: load/data.py
 
-    _source = field_validator("data")(classmethod(lambda cls, v: data_source(v)))
+    _source = field_validator("data")(classmethod(lambda cls, v: data_source(v, hub_ids=True)))
 
     @model_validator(mode="after")
     def _tokens(self):

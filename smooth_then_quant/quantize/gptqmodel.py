@@ -1,6 +1,6 @@
 """GPTQ through GPTQModel (the reference backend; `quantization.gptq_backend: gptqmodel`).
 
-    report = gptqmodel_(model, tokenizer, calibration_ids, GPTQConfig(4, 128), keep="out/gptq")
+    report = gptqmodel_(model, tokenizer, calibration_ids, GPTQWeights(4, 128), keep="out/gptq")
 
 GPTQModel loads models from disk and cannot run a model right after `quantize()` (finished
 layers are offloaded to meta tensors), so this wrapper: writes the (smoothed) float model to a
@@ -22,13 +22,13 @@ import torch
 from torch import nn
 
 from ..arch import attach_runtime_, runtime_ops
-from ..errors import SmoothQuantError
+from ..extras import require
 from ..load import read_safetensors
-from .gptq import GPTQConfig
+from .gptq import GPTQWeights
 from .packing import load_gptq_projections_
 
 
-def quantize_config(cfg: GPTQConfig):
+def quantize_config(cfg: GPTQWeights):
     from gptqmodel import QuantizeConfig
 
     return QuantizeConfig(bits=cfg.bits, group_size=cfg.group_size, sym=cfg.symmetric,
@@ -39,16 +39,11 @@ def quantize_config(cfg: GPTQConfig):
 def _import_gptqmodel():
     # GPTQModel stops with a ValueError on 2-core machines unless this is set (see README)
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(os.cpu_count() or 1, 2)))
-    try:
-        import gptqmodel
-    except ImportError as e:
-        raise SmoothQuantError(f"gptq_backend gptqmodel needs GPTQModel ({e}); scripts/setup.sh installs it, or set "
-                               "quantization.gptq_backend: builtin.") from None
-    return gptqmodel
+    return require("gptqmodel", "gptq", "quantization.gptq_backend: gptqmodel (or set it to builtin)")
 
 
 @torch.no_grad()
-def gptqmodel_(model: nn.Module, tokenizer, ids: torch.Tensor, cfg: GPTQConfig, keep: str | Path | None = None,
+def gptqmodel_(model: nn.Module, tokenizer, ids: torch.Tensor, cfg: GPTQWeights, keep: str | Path | None = None,
                batch_size: int = 1) -> dict:
     """Quantize `model` in place (dequantized float weights) with GPTQModel. ids: [N, T]."""
     gm = _import_gptqmodel()

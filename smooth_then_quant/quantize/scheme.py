@@ -1,8 +1,14 @@
 """A quantization scheme (weights x activations) and the stage verb that applies it.
 
-    report = quantize_(model, Scheme("W4A8", GPTQConfig(4, 128), ActQuant(8, "per_tensor")), calibration_ids)
+    report = quantize_(model, "W4A16", calibration_ids)         # a scheme name: what compressed-tensors means
+    report = quantize_(model, Scheme("W4A8-static", GPTQWeights(4, 64)), calibration_ids)  # the name's A8, g64
 
-Weights: GPTQ (`GPTQConfig`, built-in solver; see gptq.py) or round-to-nearest (`WeightQuant`).
+Scheme names mean what compressed-tensors and vLLM mean by them: WxAy is int x-bit weights (groups of
+128; W8A8 per output channel) and, for A8, int8 activations per token and dynamic. The static per-tensor
+variants are named so (W4A8-static). A scheme named after a preset takes the preset's values for what it
+leaves out, and may not contradict the name.
+
+Weights: GPTQ (`GPTQWeights`, built-in solver; see gptq.py) or round-to-nearest (`WeightQuant`).
 Activations: None (A16) or an `ActQuant` fake-quantizer at every projection input, calibrated
 after the weights are quantized, so GPTQ W4 + A8 combine. Everything stays float in memory
 (fake quantization); the perplexity is that of the integer model up to float rounding.
@@ -14,14 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from pydantic import SerializeAsAny, field_validator
+from pydantic import SerializeAsAny, field_validator, model_validator
 from torch import nn
 
 from ..arch import is_streamed
 from ..errors import SmoothQuantError
 from ..schema import Config
 from .fake import attach_act_quant_, linear_modules, rtn_weights_, weight_view
-from .gptq import GPTQConfig, gptq_
+from .gptq import GPTQWeights, gptq_
 from .gptqmodel import gptqmodel_
 from .rtn import ActQuant, WeightQuant, uneven_groups
 
@@ -44,7 +50,7 @@ def register_weight_method(m: WeightMethod) -> WeightMethod:
     return m
 
 
-def _gptq(model, cfg: GPTQConfig, ids, batch_size: int, backend: str, tokenizer) -> dict:
+def _gptq(model, cfg: GPTQWeights, ids, batch_size: int, backend: str, tokenizer) -> dict:
     if backend == "gptqmodel":
         if is_streamed(model):
             raise SmoothQuantError("the gptqmodel backend quantizes a whole model from disk: load it whole "
@@ -64,15 +70,105 @@ def _rtn(model, cfg: WeightQuant, ids, batch_size: int, backend: str, tokenizer)
     return {}
 
 
-register_weight_method(WeightMethod("gptq", GPTQConfig, _gptq))
+register_weight_method(WeightMethod("gptq", GPTQWeights, _gptq))
 register_weight_method(WeightMethod("rtn", WeightQuant, _rtn))
 
 
+# ---- scheme names: compressed-tensors' presets (quant_scheme.py) and what vLLM serves -------------------
+_A8_DYNAMIC = {"bits": 8, "granularity": "per_token"}
+_A8_STATIC = {"bits": 8, "granularity": "per_tensor"}
+SCHEME_PRESETS: dict[str, dict] = {
+    "W4A16": {"weights": {"bits": 4, "group_size": 128}, "activations": None},
+    "W8A16": {"weights": {"bits": 8, "group_size": 128}, "activations": None},
+    "W8A8": {"weights": {"bits": 8, "group_size": -1}, "activations": _A8_DYNAMIC},
+    "W4A8": {"weights": {"bits": 4, "group_size": 128}, "activations": _A8_DYNAMIC},
+    "W8A8-static": {"weights": {"bits": 8, "group_size": -1}, "activations": _A8_STATIC},
+    "W4A8-static": {"weights": {"bits": 4, "group_size": 128}, "activations": _A8_STATIC},
+}
+
+
+def _dump(v) -> dict | None:
+    return v.model_dump() if isinstance(v, Config) else v
+
+
+def _preset_filled(data: dict) -> dict:
+    """A scheme named after a preset: the preset's values for what it leaves out; a contradiction is refused."""
+    name = data["name"]
+    preset = SCHEME_PRESETS[name]
+    out = dict(data)
+    w = _dump(data.get("weights", {}))
+    if isinstance(w, dict):
+        if w.get("bits", preset["weights"]["bits"]) != preset["weights"]["bits"]:
+            raise ValueError(f"scheme '{name}' has int{preset['weights']['bits']} weights by its name, but sets "
+                             f"weights.bits {w['bits']}: rename the scheme (e.g. W{w['bits']}"
+                             f"{name[name.index('A'):]}) or drop weights.bits")
+        if "weights" not in data:
+            out["weights"] = dict(preset["weights"])
+        elif isinstance(data["weights"], dict):
+            out["weights"] = {**preset["weights"], **data["weights"]}
+    want = preset["activations"]
+    if "activations" not in data:
+        out["activations"] = want
+        return out
+    got = _dump(data["activations"])
+    if want is None and got is not None:
+        raise ValueError(f"scheme '{name}' has 16-bit activations by its name, but sets activations: name it "
+                         f"W{preset['weights']['bits']}A{got.get('bits', 8) if isinstance(got, dict) else 8} "
+                         "(per-token dynamic) or ...-static (per-tensor), or drop activations")
+    if want is not None and got is None:
+        raise ValueError(f"scheme '{name}' has int8 activations by its name, but sets activations: null: name it "
+                         f"W{preset['weights']['bits']}A16 for weight-only, or drop activations")
+    if want is not None and isinstance(got, dict):
+        merged = {**want, **got}
+        if merged.get("bits") != want["bits"]:
+            raise ValueError(f"scheme '{name}' has int8 activations by its name, but sets activations.bits "
+                             f"{merged.get('bits')}: rename the scheme")
+        if merged.get("granularity") != want["granularity"]:
+            base = name.removesuffix("-static")
+            if name == base:
+                raise ValueError(f"scheme '{name}' sets per_tensor (static) activations, but {name} means int8 "
+                                 "per-token dynamic activations, as in compressed-tensors and vLLM (smooth-then-quant "
+                                 f"0.1 used the name for the static variant): rename the scheme "
+                                 f"'{name}-static' to keep static per-tensor activations, or drop "
+                                 f"activations.granularity for the dynamic {name}")
+            raise ValueError(f"scheme '{name}' means per-tensor static activations, but sets granularity "
+                             f"{merged.get('granularity')}: name it '{base}' for per-token dynamic activations")
+        if isinstance(data["activations"], dict):
+            out["activations"] = merged
+    return out
+
+
 class Scheme(Config):
-    """A column of the table: weights (a registered method) x activations (None: A16)."""
+    """A column of the table: weights (a registered method) x activations (None: A16). A preset's name alone
+    (`Scheme("W4A16")`, or the string "W4A16" wherever a Scheme is taken) is that preset."""
     name: str = ""  # in a recipe: the key under quantization.schemes
-    weights: SerializeAsAny[Config] = GPTQConfig()
+    weights: SerializeAsAny[Config] = GPTQWeights()
     activations: ActQuant | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, data):
+        if isinstance(data, str):
+            if data not in SCHEME_PRESETS:
+                raise ValueError(f"unknown scheme name {data!r}; the presets are {', '.join(SCHEME_PRESETS)}")
+            data = {"name": data}
+        if isinstance(data, dict) and data.get("name") in SCHEME_PRESETS:
+            data = _preset_filled(data)
+        return data
+
+    @classmethod
+    def of(cls, scheme: Scheme | str) -> Scheme:
+        """A Scheme, or a preset's name."""
+        if isinstance(scheme, Scheme):
+            return scheme
+        if isinstance(scheme, str):
+            if scheme not in SCHEME_PRESETS:
+                raise SmoothQuantError(f"unknown scheme name {scheme!r}; the presets are {', '.join(SCHEME_PRESETS)} "
+                                       "(or pass a Scheme).")
+            return cls(name=scheme)
+        if isinstance(scheme, dict):
+            return cls(**scheme)
+        raise SmoothQuantError(f"a scheme is a Scheme, a preset name or a dict, not a {type(scheme).__name__}.")
 
     @field_validator("weights", mode="before")
     @classmethod
@@ -107,13 +203,39 @@ class Scheme(Config):
                 "description": self.describe()}
 
 
-def preset_schemes(group_size: int = 128, gptq: GPTQConfig = GPTQConfig()) -> tuple[Scheme, ...]:
-    """The table's columns: W4A16 GPTQ, W8A8 (GPTQ int8 per-channel + int8 per-token dynamic, the
-    SmoothQuant / llm-compressor W8A8), W4A8 (GPTQ int4 + int8 per-tensor static, the hard case)."""
-    w4 = gptq.replace(bits=4, group_size=group_size)
-    return (Scheme("W4A16", w4),
-            Scheme("W8A8", gptq.replace(bits=8, group_size=-1), ActQuant(8, "per_token")),
-            Scheme("W4A8", w4, ActQuant(8, "per_tensor")))
+DEFAULT_TABLE = ("W4A16", "W8A8", "W4A8", "W4A8-static")
+
+
+def preset_schemes(group_size: int = 128, gptq: GPTQWeights = GPTQWeights()) -> tuple[Scheme, ...]:
+    """The table's default columns: W4A16 GPTQ; W8A8 (GPTQ int8 per channel + int8 per-token dynamic, the
+    SmoothQuant / llm-compressor W8A8); W4A8 (GPTQ int4 + int8 per-token dynamic, compressed-tensors' W4A8);
+    W4A8-static (int8 per-tensor static: the hard case, where massive activations hurt most)."""
+    out = []
+    for name in DEFAULT_TABLE:
+        w = SCHEME_PRESETS[name]["weights"]
+        out.append(Scheme(name, gptq.replace(bits=w["bits"], group_size=group_size if w["group_size"] > 0 else -1)))
+    return tuple(out)
+
+
+def serving(scheme: dict, fmt: str) -> str:
+    """Which vLLM kernel serves `scheme` (Scheme.to_dict()) exported in format `fmt`, or that none does.
+    'checked' marks what bench/vllm_reload.py ran on vLLM's CPU build (bench/results/vllm.md)."""
+    bits, act = scheme["weights"]["bits"], scheme["activations"]
+    if fmt not in ("gptq", "compressed-tensors"):
+        return f"no vLLM kernel known here (vLLM reads the gptq and compressed-tensors formats, not {fmt})"
+    if act is None or fmt == "gptq":
+        note = "" if act is None else " (the GPTQ format holds the weights only: vLLM runs it as A16)"
+        return (f"vLLM's mixed-precision int{bits} weight kernels (Marlin/Machete on GPUs; CPUWNA16LinearKernel "
+                f"on CPU, checked){note}")
+    if act["granularity"] == "per_token":
+        if bits == 8:
+            return "vLLM's int8 scaled-mm kernels, per-token dynamic (CPUInt8ScaledMMLinearKernel on CPU, checked)"
+        return (f"vLLM's W{bits}A8 kernel for per-token dynamic int8 (Dynamic4bitLinearKernel on CPU, checked; slow "
+                "there)")
+    if bits == 8:
+        return "vLLM's int8 scaled-mm kernels with a static input scale (not checked here)"
+    return (f"no vLLM kernel: vLLM has none for W{bits}A8 with static per-tensor activations (checked: \"No "
+            "compressed-tensors compatible scheme\"); transformers and smooth-then-quant run it")
 
 
 def weight_key(scheme: Scheme) -> tuple:
@@ -136,12 +258,13 @@ def quantize_weights_(model: nn.Module, weights: Config, ids: torch.Tensor, toke
     return rep
 
 
-def quantize_(model: nn.Module, scheme: Scheme, ids: torch.Tensor, *, weights_done: bool = False,
+def quantize_(model: nn.Module, scheme: Scheme | str, ids: torch.Tensor, *, weights_done: bool = False,
               tokenizer=None, progress: bool = True, batch_size: int = 1, backend: str = "builtin") -> dict:
     """Apply `scheme` in place: weights (unless `weights_done`, i.e. already quantized with the same
     weight config), then activation quantizers calibrated on `ids` [N, T]. Returns a report.
     `batch_size`: calibration windows per GPTQ layer forward (1: least memory, and fastest on CPU here);
     `backend`: builtin | gptqmodel (which needs the `tokenizer`: it loads the model from disk)."""
+    scheme = Scheme.of(scheme)
     rep = {"scheme": scheme.to_dict()}
     if not weights_done:
         rep["weights"] = quantize_weights_(model, scheme.weights, ids, tokenizer, batch_size=batch_size,

@@ -3,19 +3,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..detect import channel_outliers  # noqa: E402
-from ..detect.channels import channel_moments  # noqa: E402
+from ..extras import pyplot
+from ..detect import channel_outliers
+from ..detect.channels import channel_moments
 
 
 def plot_top_activations(analysis, path: Path) -> Path:
     """Paper Figures 4/5: the three largest |a| at each layer's input x1 (left) and at the
     down-projection input where TMAs are born (right), across layers."""
     adapter = analysis.result.adapter
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for ax, point, title in ((axes[0], "x1", "layer input x1 (residual stream)"),
                              (axes[1], adapter.massive_point, f"down-projection input {adapter.massive_point}")):
@@ -49,6 +46,7 @@ def plot_channel_means(analysis, path: Path) -> Path:
     counts = analysis.outlier_counts()["x2"]
     worst = max(range(len(counts)), key=lambda i: counts[i])
     layers = [0] if worst == 0 else [0, worst]
+    plt = pyplot()
     fig, axes = plt.subplots(len(layers), 2, figsize=(12, 3.2 * len(layers)), squeeze=False)
     for row, li in enumerate(layers):
         for col, point in enumerate(("x1", "x2")):
@@ -71,6 +69,7 @@ def plot_channel_means(analysis, path: Path) -> Path:
 def plot_outlier_counts(analysis, path: Path) -> Path:
     """Paper Figure 9: number of channel-wise outliers per layer at the norm inputs and outputs."""
     counts = analysis.outlier_counts()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
     for point in ("x1", "x2", "y1", "y2"):
         ax.plot(counts[point], marker="o", ms=3, label=point)

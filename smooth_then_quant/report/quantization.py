@@ -3,12 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .markdown import _table  # noqa: E402
+from ..extras import pyplot
+from ..quantize.scheme import serving
+from .markdown import _table
 
 STATE_LABEL = {"baseline": "unsmoothed baseline", "paper": "paper's smoothing", "smoothed": "smoothed (recipe)"}
 
@@ -24,10 +21,13 @@ def _cell(row: dict, d: str) -> str:
 
 def quantization_table(q: dict, mark: tuple[str, str] | None = None) -> str:
     """The markdown table of report["quantization"]; `mark` (scheme, state) flags one row."""
-    return _table(["scheme", "smoothing", *[f"{d} PPL (ΔPPL)" for d in q["datasets"]]],
+    tasks = q.get("tasks", [])
+    return _table(["scheme", "smoothing", *[f"{d} PPL (ΔPPL)" for d in q["datasets"]], *[f"{t} acc" for t in tasks]],
                   [[r["scheme"], STATE_LABEL.get(r["state"], r["state"])
                     + (" **← this checkpoint**" if (r["scheme"], r["state"]) == mark else ""),
-                    *[_cell(r, d) for d in q["datasets"]]] for r in q["rows"]])
+                    *[_cell(r, d) for d in q["datasets"]],
+                    *[f"{100 * r['accuracy'][t]:.1f} %" if t in r.get("accuracy", {}) else "" for t in tasks]]
+                   for r in q["rows"]])
 
 
 def render_quantization(report: dict) -> str:
@@ -44,7 +44,7 @@ def render_quantization(report: dict) -> str:
             f"{d}: {v.get('windows')} × {v.get('seq_len')} tokens, format {v.get('format', 'gptq')} ({v.get('bos')})"
             for d, v in ev.items()) + "."]
     lines += ["", "Schemes:", ""]
-    lines += [f"- **{s['name']}**: {s['description']}" for s in q["schemes"]]
+    lines += [f"- **{s['name']}**: {s['description']}. Served by {serving(s, 'compressed-tensors')}." for s in q["schemes"]]
     lines += ["", "Smoothing states:", ""]
     lines += [f"- **{STATE_LABEL.get(k, k)}**: {v}" for k, v in q["states"].items()]
     notes = sorted({n for w in q["weights"].values() for n in [w.get("uneven_groups")] if n})
@@ -61,6 +61,7 @@ def plot_quantization(q: dict, path: Path) -> Path:
     datasets, rows = q["datasets"], q["rows"]
     schemes = list(dict.fromkeys(r["scheme"] for r in rows))
     states = list(dict.fromkeys(r["state"] for r in rows))
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(datasets), figsize=(2.2 + 1.6 * len(schemes), 4.2), squeeze=False)
     width = 0.8 / len(states)
     for ax, d in zip(axes[0], datasets):

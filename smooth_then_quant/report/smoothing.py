@@ -3,12 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .markdown import _table  # noqa: E402
+from ..extras import pyplot
+from .markdown import _table
 
 
 def _pct(x) -> str:
@@ -78,6 +74,7 @@ def _layers(layers: list[int]) -> str:
 
 def plot_smoothing(states: list[dict], path: Path) -> Path:
     """Per layer, for each state: top-1 |x1|, the largest |a| at projection inputs, channel outliers."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     panels = (("top3_abs_x1", "largest |x1| (residual stream)", True),
               ("max_abs_linear_inputs", "largest |a| at projection inputs", True),

@@ -12,15 +12,15 @@ from smooth_then_quant.arch import adapter_for
 from smooth_then_quant.export import export_quantized
 from smooth_then_quant.export.formats import compressed_tensors as ct
 from smooth_then_quant.load import load_model
-from smooth_then_quant.quantize import ActQuant, GPTQConfig, Scheme, WeightQuant, quantize_
+from smooth_then_quant.quantize import ActQuant, GPTQWeights, Scheme, WeightQuant, quantize_
 from smooth_then_quant.quantize.fake import weight_view
 from smooth_then_quant.quantize.grid import grid_of
 
 SCHEMES = {
-    "W8A8 per-token": Scheme("W8A8", GPTQConfig(8, -1), ActQuant(8, "per_token")),
-    "W4A8 static asym": Scheme("W4A8", WeightQuant(4, 32), ActQuant(8, "per_tensor", symmetric=False)),
-    "W4A8 static, GPTQ": Scheme("W4A8", GPTQConfig(4, 32), ActQuant(8, "per_tensor")),
-    "W4A16": Scheme("W4A16", GPTQConfig(4, 32)),
+    "W8A8 per-token": Scheme("W8A8", GPTQWeights(8, -1), ActQuant(8, "per_token")),
+    "W4A8 static asym": Scheme("W4A8-static", WeightQuant(4, 32), ActQuant(8, "per_tensor", symmetric=False)),
+    "W4A8 static, GPTQ": Scheme("W4A8-static", GPTQWeights(4, 32), ActQuant(8, "per_tensor")),
+    "W4A16": Scheme("W4A16", GPTQWeights(4, 32)),
     "W8A16 asym groups": Scheme("W8A16", WeightQuant(8, 32, symmetric=False)),
 }
 
@@ -124,7 +124,7 @@ def test_what_compressed_tensors_cannot_hold_is_refused(tmp_path):
         export_quantized(quantized("gpt2", Scheme("w", WeightQuant(8, -1))), None, tmp_path / "a",
                          format="compressed-tensors")
     with pytest.raises(SmoothQuantError, match="act order"):
-        export_quantized(quantized("llama", Scheme("w", GPTQConfig(4, 32, act_order="desc"))), None,
+        export_quantized(quantized("llama", Scheme("w", GPTQWeights(4, 32, act_order="desc"))), None,
                          tmp_path / "b", format="compressed-tensors")
     with pytest.raises(SmoothQuantError, match="does not divide"):
         export_quantized(quantized("qwen2", Scheme("w", WeightQuant(4, 48))), None, tmp_path / "c",

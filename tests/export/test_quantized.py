@@ -12,7 +12,7 @@ from smooth_then_quant.arch import adapter_for
 from smooth_then_quant.export import export_quantized
 from smooth_then_quant.quantize.packing import pack_rows, unpack_rows
 from smooth_then_quant.load import load_model
-from smooth_then_quant.quantize import ActQuant, GPTQConfig, Scheme, WeightQuant, quantize_
+from smooth_then_quant.quantize import ActQuant, GPTQWeights, Scheme, WeightQuant, quantize_
 from smooth_then_quant.quantize.fake import weight_view
 from smooth_then_quant.quantize.grid import grid_of
 from smooth_then_quant.smooth import MassiveRemoval, SmoothingPlan, attach_runtime_
@@ -36,8 +36,8 @@ def _quantized(family, scheme, ids):
 
 
 @pytest.mark.parametrize("family,weights", [
-    ("llama", GPTQConfig(4, 32)),
-    ("qwen2", GPTQConfig(4, 48, act_order="desc")),  # biases; uneven groups (64 = 48 + 16); desc
+    ("llama", GPTQWeights(4, 32)),
+    ("qwen2", GPTQWeights(4, 48, act_order="desc")),  # biases; uneven groups (64 = 48 + 16); desc
     ("gpt2", WeightQuant(8, -1)),                                      # Conv1D; RTN per channel
 ])
 def test_reload_reproduces_the_quantized_model_exactly(family, weights, tmp_path):
@@ -63,7 +63,7 @@ def test_transformers_and_gptqmodel_read_the_same_integers(tmp_path, monkeypatch
     from transformers import GPTQConfig as HFGPTQConfig
 
     ids = windows(6, 24)
-    model = _quantized("qwen2", Scheme("w", GPTQConfig(4, 32, act_order="desc")), ids)  # biases
+    model = _quantized("qwen2", Scheme("w", GPTQWeights(4, 32, act_order="desc")), ids)  # biases
     export_quantized(model, char_tokenizer(), tmp_path / "q")
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "q", quantization_config=HFGPTQConfig(
         bits=4, backend="torch")).eval()  # on CPU GPTQModel's kernels run in bfloat16/float16
@@ -83,7 +83,7 @@ def test_a8_and_runtime_smoothing_come_back_with_the_checkpoint(tmp_path):
     ids[:, 0] = 10
     ops = [MassiveRemoval(1, "y6", (5,), "mean")]
     attach_runtime_(model, ops)
-    quantize_(model, Scheme("W4A8", GPTQConfig(4, 32), ActQuant(8, "per_tensor")), ids)
+    quantize_(model, Scheme("W4A8-static", GPTQWeights(4, 32), ActQuant(8, "per_tensor")), ids)
     with pytest.raises(SmoothQuantError, match="smoothing plan"):
         export_quantized(model, loaded.tokenizer, tmp_path / "q")
     assert not (tmp_path / "q").exists()
@@ -111,7 +111,7 @@ def test_models_without_grids_or_with_unexportable_grids_are_refused(tmp_path):
                                         ({"checkpoint_format": "gptq_v2"}, "format gptq_v2")])
 def test_a_gptq_checkpoint_it_cannot_represent_is_refused_by_name(tmp_path, change, why):
     ids = windows(4, 16)
-    export_quantized(_quantized("llama", Scheme("w", GPTQConfig(4, 32)), ids), char_tokenizer(), tmp_path / "q")
+    export_quantized(_quantized("llama", Scheme("w", GPTQWeights(4, 32)), ids), char_tokenizer(), tmp_path / "q")
     cfg = json.loads((tmp_path / "q" / "config.json").read_text())
     cfg["quantization_config"].update(change)
     (tmp_path / "q" / "config.json").write_text(json.dumps(cfg))

@@ -12,7 +12,7 @@ from planting import save_tiny, windows
 from smooth_then_quant import SmoothQuantError
 from smooth_then_quant.export import export_quantized
 from smooth_then_quant.load import load_model
-from smooth_then_quant.quantize import ActQuant, GPTQConfig, Scheme, quantize_
+from smooth_then_quant.quantize import ActQuant, GPTQWeights, Scheme, quantize_
 from smooth_then_quant.smooth import MassiveRemoval, RemoveMassive, SmoothingPlan, attach_runtime_
 
 
@@ -23,7 +23,7 @@ def export(tmp_path_factory):
     loaded = load_model(str(tmp / "m"))
     model, ids = loaded.model, windows(4, 24)
     attach_runtime_(model, [MassiveRemoval(1, "y6", (5,), "mean")])
-    quantize_(model, Scheme("W4A8", GPTQConfig(4, 32), ActQuant(8, "per_tensor")), ids)
+    quantize_(model, Scheme("W4A8-static", GPTQWeights(4, 32), ActQuant(8, "per_tensor")), ids)
     plan = SmoothingPlan("llama", [RemoveMassive(layer=1, point="y6", channels=[5], replace_with="mean")])
     export_quantized(model, loaded.tokenizer, tmp / "q", plan=plan)
     return tmp / "q"

@@ -9,7 +9,7 @@ from planting import (plant_massive_, quiet_post_norms_, record_removals, struct
                       windows)
 from smooth_then_quant import SmoothQuantError
 from smooth_then_quant.arch import adapter_for
-from smooth_then_quant.quantize.gptq import GPTQConfig, Hessian, column_order, gptq_, gptq_solve, grid_params, quant_dequant
+from smooth_then_quant.quantize.gptq import GPTQWeights, Hessian, column_order, gptq_, gptq_solve, grid_params, quant_dequant
 from smooth_then_quant.smooth import MassiveRemoval, attach_runtime_, clone_model
 
 
@@ -30,7 +30,7 @@ def test_uncorrelated_inputs_reduce_gptq_to_rtn(order, sym):
     g = torch.Generator().manual_seed(0)
     w = torch.randn(6, 80, generator=g)
     h = torch.diag(torch.rand(80, generator=g) + 0.1)
-    q, *_ = gptq_solve(w, h, GPTQConfig(bits=3, group_size=32, symmetric=sym, act_order=order))
+    q, *_ = gptq_solve(w, h, GPTQWeights(bits=3, group_size=32, symmetric=sym, act_order=order))
     assert torch.allclose(q, rtn_gptq_grid(w, 3, 32, sym), atol=1e-6)
 
 
@@ -57,7 +57,7 @@ def test_gptq_beats_rtn_on_correlated_inputs():
     for chunk in x.split(100):
         acc.add(chunk)
     assert torch.allclose(acc.h, 2 * x.t() @ x / 512, rtol=1e-4, atol=1e-4)  # running mean = batch formula
-    q, *_ = gptq_solve(w, acc.h, GPTQConfig(bits=4, group_size=32))
+    q, *_ = gptq_solve(w, acc.h, GPTQWeights(bits=4, group_size=32))
     err_gptq = (x @ (w - q).t()).pow(2).mean()
     err_rtn = (x @ (w - rtn_gptq_grid(w, 4, 32)).t()).pow(2).mean()
     assert err_gptq < 0.7 * err_rtn
@@ -71,7 +71,7 @@ def test_model_gptq_beats_rtn_layer_output_error(family):
     structured_embeddings_(model)
     ids = windows(16, 32)
     q = clone_model(model)
-    report = gptq_(q, ids, GPTQConfig(bits=4, group_size=32))
+    report = gptq_(q, ids, GPTQWeights(bits=4, group_size=32))
     assert len(report["modules"]) == len(adapter_for(model).named_projections(model))
     ad = adapter_for(model)
     inputs = {}
@@ -102,18 +102,18 @@ def test_runtime_removal_is_active_during_builtin_gptq_calibration(monkeypatch):
     plant_massive_(model, 1, mlp_channel=5, hidden_channel=11, reserved=2, weight=40.0, const_channel=3)
     attach_runtime_(model, [MassiveRemoval(1, "y6", (5,), "mean")])
     seen = record_removals(monkeypatch)
-    gptq_(model, windows(4, 32, trigger_at=0), GPTQConfig(bits=4, group_size=32))
+    gptq_(model, windows(4, 32, trigger_at=0), GPTQWeights(bits=4, group_size=32))
     assert seen, "the runtime hook never ran during GPTQ calibration"
     assert max(b for b, _ in seen) > 1000 and max(a for _, a in seen) < 100
 
 
 def test_config_errors_name_the_fix():
     with pytest.raises(SmoothQuantError, match="bits.*2, 3, 4 or 8"):
-        GPTQConfig(bits=5)
+        GPTQWeights(bits=5)
     with pytest.raises(SmoothQuantError, match="damp"):
-        GPTQConfig(damp=0)
+        GPTQWeights(damp=0)
     with pytest.raises(SmoothQuantError, match="group_size > 0"):
-        GPTQConfig(group_size=-1, act_order="group_aware")
+        GPTQWeights(group_size=-1, act_order="group_aware")
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text"])
@@ -124,7 +124,7 @@ def test_attention_replay_changes_nothing(family, monkeypatch):
     model = tiny_model(family, init=0.05)
     ids = windows(8, 32)
     fast, slow = clone_model(model), clone_model(model)
-    gptq_(fast, ids, GPTQConfig(bits=4, group_size=32))
+    gptq_(fast, ids, GPTQWeights(bits=4, group_size=32))
 
     class NoReplay:
         def __init__(self, module):
@@ -136,6 +136,6 @@ def test_attention_replay_changes_nothing(family, monkeypatch):
         def __exit__(self, *exc):
             pass
     monkeypatch.setattr(gq, "_Replay", NoReplay)
-    gptq_(slow, ids, GPTQConfig(bits=4, group_size=32))
+    gptq_(slow, ids, GPTQWeights(bits=4, group_size=32))
     for (n, a), (_, b) in zip(fast.named_parameters(), slow.named_parameters()):
         assert torch.allclose(a, b, atol=1e-6), n

@@ -34,7 +34,7 @@ def test_builtin_gptq_matches_gptqmodel_and_the_wrapper_keeps_smoothing(tmp_path
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     from smooth_then_quant.load import load_model
     from smooth_then_quant.quantize.fake import weight_view
-    from smooth_then_quant.quantize.gptq import GPTQConfig, gptq_
+    from smooth_then_quant.quantize.gptq import GPTQWeights, gptq_
     from smooth_then_quant.quantize.gptqmodel import gptqmodel_
     from smooth_then_quant.smooth import MassiveRemoval, attach_runtime_, clone_model
 
@@ -43,7 +43,7 @@ def test_builtin_gptq_matches_gptqmodel_and_the_wrapper_keeps_smoothing(tmp_path
     attach_runtime_(loaded.model, [MassiveRemoval(1, "y6", (5,), "mean")])
     ids = torch.randint(11, 128, (8, 32), generator=torch.Generator().manual_seed(0))
     ids[:, 0] = 10
-    cfg = GPTQConfig(bits=4, group_size=32)
+    cfg = GPTQWeights(bits=4, group_size=32)
     ours, theirs = clone_model(loaded.model), clone_model(loaded.model)
     gptq_(ours, ids, cfg)
     seen = record_removals(monkeypatch)
@@ -64,13 +64,13 @@ def test_gptqmodel_backend_weights_export_to_the_same_checkpoint(tmp_path, monke
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     from smooth_then_quant.export import export_quantized
     from smooth_then_quant.load import load_model
-    from smooth_then_quant.quantize.gptq import GPTQConfig
+    from smooth_then_quant.quantize.gptq import GPTQWeights
     from smooth_then_quant.quantize.gptqmodel import gptqmodel_
 
     save_tiny(tmp_path / "m", "llama", init=0.05, plant=False)
     loaded = load_model(str(tmp_path / "m"))
     ids = torch.randint(11, 128, (4, 32), generator=torch.Generator().manual_seed(0))
-    gptqmodel_(loaded.model, loaded.tokenizer, ids, GPTQConfig(bits=4, group_size=32))
+    gptqmodel_(loaded.model, loaded.tokenizer, ids, GPTQWeights(bits=4, group_size=32))
     export_quantized(loaded.model, loaded.tokenizer, tmp_path / "q")
     back = load_model(str(tmp_path / "q")).model
     with torch.no_grad():

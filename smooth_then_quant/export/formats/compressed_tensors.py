@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ...arch import adapter_for
+from ...arch import adapter_for, input_widths
 from ...errors import SmoothQuantError
 from ...quantize.fake import act_quant_state, weight_view
 from ...quantize.grid import GRID_ATTR, QuantGrid, grid_of, natural_g_idx
@@ -247,10 +247,7 @@ def refuses_config(scheme: dict, config) -> str | None:
     if config.model_type == "gpt2":
         return "for a gpt2 model: its projections are Conv1D, and compressed-tensors schemes target nn.Linear"
     g = scheme["weights"].get("group_size", -1)
-    heads = getattr(config, "num_attention_heads", None)
-    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
-    widths = [w for w in (config.hidden_size, getattr(config, "intermediate_size", None),
-                          heads * head_dim if heads and head_dim else None) if w]
+    widths = input_widths(config)
     bad = [w for w in widths if g and g > 0 and w % g]
     if bad:
         return (f"with group_size {g}: it does not divide this model's input width {bad[0]}; use a group size that "

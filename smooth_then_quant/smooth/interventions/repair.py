@@ -24,6 +24,7 @@ from torch import nn
 
 from ...arch import adapter_for, is_streamed, model_device, take_part
 from ...errors import SmoothQuantError
+from ...extras import require
 from ...progress import bar
 from ...schema import Config
 from ..plan import PlanItem, SmoothingPlan
@@ -109,10 +110,8 @@ def repair_(model: nn.Module, teacher: nn.Module, input_ids: torch.Tensor, plan:
     if is_streamed(model) or is_streamed(teacher):
         raise SmoothQuantError("the repair trains LoRA through the whole model, which needs it in memory: load it "
                                "whole (load.stream: false, or load_model(..., stream=False)).")
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise SmoothQuantError("the repair needs the `peft` library: pip install peft") from None
+    peft = require("peft", "repair", "the LoRA repair (smoothing.repair)")
+    LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
     if input_ids.shape[0] <= cfg.heldout:
         raise SmoothQuantError(f"repair needs more calibration windows than repair.heldout={cfg.heldout} "
                                f"(got {input_ids.shape[0]}).")
