@@ -25,7 +25,7 @@ from .errors import SmoothQuantError
 from .evaluate import EvalConfig, evaluation_windows, perplexity
 from .export import export_quantized, export_smoothed, register_format
 from .load import calibration_windows, load_model, load_text
-from .oneshot import oneshot
+from .api import oneshot
 from .probe import ProbeConfig, probe_model
 from .quantize import ActQuant, GPTQWeights, Scheme, WeightQuant, gptq_, preset_schemes, quantize_
 from .smooth import (MigrateConfig, RemoveMassiveConfig, RepairConfig, SmoothingConfig, SmoothingPlan, plan_smoothing,

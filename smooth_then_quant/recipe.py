@@ -93,8 +93,12 @@ def preset_summary(path: Path, width: int = 100) -> str:
 def resolve_recipe(spec: str | Path) -> Path:
     """A recipe file, or a preset's name (`quickstart`): a file of that name wins."""
     path = Path(spec)
-    if path.is_file():
-        return path
+    try:
+        if path.is_file():
+            return path
+    except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte
+        raise SmoothQuantError(f"recipe {str(spec)[:80]!r}{'...' if len(str(spec)) > 80 else ''} cannot be read: "
+                               f"{getattr(e, 'strerror', None) or e}.") from None
     name = str(spec).removesuffix(".yaml")
     if "/" not in str(spec) and name in presets():
         return presets()[name]

@@ -168,6 +168,10 @@ def test_a_thousand_hostile_recipes_and_overrides(tmp_path):
     ("", ["calibration.samples=" + "[" * 3000]),
     ("", ["load.device=meta"]), ("", ["load.device=zzz"]), ("", ["load.device=cuda"]),
     ("calibration: {samples: 100000, seq_len: 100000}\n", []),  # each within bounds, 1e10 tokens together
+    ("evaluation: {task_path: " + "x" * 300 + "}\n", []),  # a name too long for the file system (found by CI)
+    ("calibration: {data: owner/" + "x" * 300 + "}\n", []),
+    ("", ["calibration.data=" + "x" * 300 + "/y"]),
+    ("quantization: {schemes: {W4A8: {activations: {granularity: per_tensor}}}}\n", []),  # the 0.1 meaning
 ])
 def test_known_hostile_cases(tmp_path, text, sets):
     code, err = run_case(f"output_dir: {tmp_path / 'out'}\n" + text, sets, tmp_path)

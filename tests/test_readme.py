@@ -17,7 +17,9 @@ def examples() -> list[str]:
 
 def _check_oneshot(tmp_path, printed):
     documents, families, report = printed[-1].split()
-    assert int(documents) == 200 and int(families) >= 0
+    import pydoc_data.topics
+
+    assert int(documents) == len(pydoc_data.topics.topics) and int(families) >= 0
     assert Path(tmp_path / report).is_file() or Path(report).is_file()
 
 

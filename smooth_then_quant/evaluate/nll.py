@@ -49,8 +49,12 @@ class EvalConfig(Config):
     def _task_folder(cls, v: str | None) -> str | None:
         from pathlib import Path
 
-        if v is not None and not Path(v).expanduser().is_dir():
-            raise ValueError(f"task_path {v} is not a folder (a folder of lm-eval YAML task files)")
+        try:
+            ok = v is None or Path(v).expanduser().is_dir()
+        except (OSError, ValueError, RuntimeError):  # a name too long, a NUL byte, ~nosuchuser
+            ok = False
+        if not ok:
+            raise ValueError("task_path is not a folder (a folder of lm-eval YAML task files)")
         return v
 
     @field_validator("datasets")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..load import DEFAULT_MODEL, DEFAULT_MODEL_ID
 from ..quantize.scheme import serving
+from ..version import __version__
 
 # hub ids of the named data sources, for the card's `datasets` and model-index
 DATASET_IDS = {"wikitext2": "Salesforce/wikitext", "c4": "allenai/c4"}
@@ -129,8 +130,6 @@ def how_to_load_smoothed(runtime: bool) -> list[str]:
 
 def api_card(folder: Path, model, *, kind: str, plan=None, scheme: dict | None = None, fmt=None) -> Path:
     """The card of an export made through the Python API (no report): what the model carries, how to load it."""
-    from ..version import __version__
-
     prov = provenance_of(model)
     name = (base_model(prov) or prov["name"]).rsplit("/", 1)[-1] or "model"
     summary = plan.summary() if plan is not None else []

@@ -55,8 +55,12 @@ class Text:
 def is_hub_dataset(source: str) -> bool:
     """OWNER/NAME that is not a local path: a Hub dataset id."""
     parts = source.split("/")
-    return (len(parts) == 2 and all(parts) and not source.startswith((".", "~")) and Path(source).suffix not in
-            (".txt", ".jsonl") and not Path(source).expanduser().exists())
+    if not (len(parts) == 2 and all(parts) and not source.startswith((".", "~")) and len(source) <= 200):
+        return False  # the Hub caps an id at 96 characters per part
+    try:
+        return Path(source).suffix not in (".txt", ".jsonl") and not Path(source).exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a local path either
+        return True
 
 
 def check_source(source: str, hub_ids: bool = False) -> None:

@@ -17,6 +17,7 @@ import yaml
 
 from .errors import SmoothQuantError
 from .load.model import IN_MEMORY, load_model
+from .pipeline import run
 from .recipe import Recipe, apply_override, resolve_recipe, validate_recipe
 
 
@@ -54,8 +55,6 @@ def oneshot(model, recipe, dataset=None, output_dir: str | Path | None = None, *
     output_dir: where the outputs go (default: the recipe's output_dir).
     overrides: recipe keys by dotted path, as --set: **{"calibration.samples": 64}, or calibration__samples=64.
     """
-    from .pipeline import run  # the pipeline's stages import everything; loaded when a run starts
-
     raw = recipe_dict(recipe)
     given = None
     if isinstance(model, str | Path):
