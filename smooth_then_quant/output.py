@@ -102,6 +102,18 @@ def _inside(a: Path, b: Path) -> bool:
 
 def check_output_path(path: str | Path, overwrite: bool, protect: Iterable[Path] = (), keep: Iterable[Path] = (),
                       need_bytes: int = 0) -> Path:
+    """See _check_output_path; an OSError of the file system's own (a name too long, a loop of symlinks, no
+    permission to look) is a one-line error too."""
+    try:
+        return _check_output_path(path, overwrite, protect, keep, need_bytes)
+    except OSError as e:
+        raw = str(path)
+        raise SmoothQuantError(f"output_dir {raw[:80]!r}{'...' if len(raw) > 80 else ''} cannot be used: "
+                               f"{e.strerror or e}; choose another output_dir.") from None
+
+
+def _check_output_path(path: str | Path, overwrite: bool, protect: Iterable[Path] = (), keep: Iterable[Path] = (),
+                       need_bytes: int = 0) -> Path:
     """-> the absolute target. Refuses (SmoothQuantError, one line) a path that cannot be an output folder or
     whose replacement would destroy something: `protect` folders (the model) may not be, contain or hold the
     target; `keep` folders (the recipe's, the data files') and the current folder may not be it or lie inside it."""

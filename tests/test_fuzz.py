@@ -172,6 +172,10 @@ def test_a_thousand_hostile_recipes_and_overrides(tmp_path):
     ("calibration: {data: owner/" + "x" * 300 + "}\n", []),
     ("", ["calibration.data=" + "x" * 300 + "/y"]),
     ("quantization: {schemes: {W4A8: {activations: {granularity: per_tensor}}}}\n", []),  # the 0.1 meaning
+    # found by the wider search (STQ_FUZZ_SEED=1, 5,000 cases) on 2026-12-06:
+    ("", ["output_dir==" + "x" * 300]), ("", ["output_dir=" + "[" * 300]),
+    ("calibration: {data: ~nosuchuser_q}\n", []),
+    ("resources: {offload_dir: " + "x" * 300 + "}\n", []),
 ])
 def test_known_hostile_cases(tmp_path, text, sets):
     code, err = run_case(f"output_dir: {tmp_path / 'out'}\n" + text, sets, tmp_path)

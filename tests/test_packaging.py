@@ -169,6 +169,7 @@ def test_wheel_carries_presets_and_license(tmp_path):
     wheel = next(tmp_path.glob("smooth_then_quant-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert {f"smooth_then_quant/recipes/{n}.yaml" for n in presets()} <= set(names)
+    assert "smooth_then_quant/evaluate/tasks/offline_cloze.yaml" in names  # the offline lm-eval task
     assert any(n.endswith("licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     for extra in (*EXTRAS, "all"):

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..quantize import GPTQ_BACKENDS, Scheme, preset_schemes
-from ..quantize.scheme import SCHEME_PRESETS
+from ..quantize.names import SCHEME_PRESETS
 from ..schema import Config
 from ..smooth import SmoothingConfig
 

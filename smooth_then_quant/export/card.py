@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from ..load import DEFAULT_MODEL, DEFAULT_MODEL_ID
-from ..quantize.scheme import serving
+from ..quantize.names import serving
 from ..version import __version__
 
 # hub ids of the named data sources, for the card's `datasets` and model-index

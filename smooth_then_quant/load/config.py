@@ -69,7 +69,11 @@ class ResourcesConfig(Config):
             path = Path(v).expanduser()
         except RuntimeError:  # ~user with no such user
             raise ValueError("its ~ names no user's home folder here; write the path out") from None
-        if not path.is_dir():
+        try:
+            ok = path.is_dir()
+        except (OSError, ValueError):  # a name too long for the file system
+            ok = False
+        if not ok:
             raise ValueError("not an existing folder; create it first (the run makes and removes its own subfolder)")
         return str(path)
 

@@ -68,12 +68,21 @@ def check_source(source: str, hub_ids: bool = False) -> None:
     `hub_ids`: a Hub dataset id (OWNER/NAME) is allowed (calibration)."""
     if source == OFFLINE or source in HUB_SOURCES or (hub_ids and (is_hub_dataset(source) or source == IN_MEMORY)):
         return  # in-memory: the Python API's data (oneshot); the run checks that it was given
-    path = Path(source).expanduser()
+    shown = f"{source[:80]}{'...' if len(source) > 80 else ''}"
+    try:
+        path = Path(source).expanduser()
+    except RuntimeError:  # ~user with no such user
+        raise SmoothQuantError(f"data source '{shown}': its ~ names no user's home folder here; write the path out.") \
+            from None
     if path.suffix not in (".txt", ".jsonl"):
-        raise SmoothQuantError(f"unknown data source '{source}': use 'offline' (Python's documentation text, no "
+        raise SmoothQuantError(f"unknown data source '{shown}': use 'offline' (Python's documentation text, no "
                                f"network), 'wikitext2', 'c4', a path to a .txt / .jsonl file"
                                + (", or a Hub dataset id (owner/name)." if hub_ids else "."))
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte
+        raise SmoothQuantError(f"data file '{shown}' cannot be read: {getattr(e, 'strerror', None) or e}.") from None
+    if not found:
         raise SmoothQuantError(f"data file not found: {path}. Use an existing .txt/.jsonl file, "
                                f"'offline', 'wikitext2' or 'c4'.")
     try:

@@ -9,7 +9,7 @@ import yaml
 
 from ..export import get_format
 from ..export.card import base_model, card_data, how_to_load_smoothed, plan_lines, portable, write_card
-from ..quantize.scheme import serving
+from ..quantize.names import serving
 from .markdown import _table
 from .quantization import STATE_LABEL, quantization_table
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..extras import pyplot
-from ..quantize.scheme import serving
+from ..quantize.names import serving
 from .markdown import _table
 
 STATE_LABEL = {"baseline": "unsmoothed baseline", "paper": "paper's smoothing", "smoothed": "smoothed (recipe)"}

@@ -4,7 +4,7 @@ import torch
 
 from planting import tiny_model, windows
 from smooth_then_quant.errors import SmoothQuantError
-from smooth_then_quant.quantize.scheme import SCHEME_PRESETS, serving
+from smooth_then_quant.quantize.names import SCHEME_PRESETS, serving
 from smooth_then_quant.quantize import ActQuant, GPTQWeights, Scheme, WeightQuant, linear_modules, quantize_
 from smooth_then_quant.quantize.fake import weight_view
 from smooth_then_quant.quantize.grid import grid_of
