@@ -41,14 +41,24 @@ def run(fmt: str, work: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=Path("/tmp/stq-bench"))
+    ap.add_argument("--text-report", type=Path, help="the report.json of a quickstart run with format text (or auto, "
+                    "which is text for SmolLM2) made by this code, used instead of running it again")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    runs = {fmt: run(fmt, args.work) for fmt in ("text", "chat")}
+    runs = {fmt: run(fmt, args.work) for fmt in (("chat",) if args.text_report else ("text", "chat"))}
+    if args.text_report:
+        report = json.loads(args.text_report.read_text())
+        assert report["quantization"]["evaluation"]["offline"].get("format") in ("text", None) or \
+            report["data"].get("format") == "text", "the reused report is not a text-format run"
+        runs = {"text": {"report": report, "wall_s": float("nan")}, **runs}
     lines = ["# Windows as the model sees them: plain text against SmolLM2's chat template", "",
              f"_Command: `python bench/windows.py`; {platform.machine()}, {os.cpu_count()} CPU cores, "
              f"{datetime.date.today()}. recipes/quickstart.yaml (16 × 512 calibration windows, 16 evaluation "
              "windows of 512 tokens of the offline text), run once with `calibration.format` and "
              "`evaluation.format` both `text`, once both `chat`._", ""]
+    if args.text_report:
+        lines += [f"_The text run is an earlier quickstart run's report ({args.text_report.name}, format auto = text for "
+                  "SmolLM2, same code, same windows; only its exports differed), passed with --text-report._", ""]
     failed = {f: r for f, r in runs.items() if "error" in r}
     if failed:
         lines += [f"- `{f}` failed: `{r['error'][-600:]}`" for f, r in failed.items()]
