@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from .errors import SmoothQuantError
 from .load.model import IN_MEMORY, load_model
 from .pipeline import run
-from .recipe import Recipe, apply_override, resolve_recipe, validate_recipe
+from .recipe import Recipe, apply_override, read_recipe, resolve_recipe, validate_recipe
 
 
 def recipe_dict(recipe) -> dict:
@@ -28,15 +26,7 @@ def recipe_dict(recipe) -> dict:
     if isinstance(recipe, dict):
         return json.loads(json.dumps(recipe))  # a deep copy; the caller's dict is left alone
     if isinstance(recipe, str | Path):
-        path = resolve_recipe(recipe)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError) as e:
-            raise SmoothQuantError(f"recipe {path} is not a valid YAML recipe: {' '.join(str(e).split())[:200]}") \
-                from None
-        if not isinstance(raw, dict):
-            raise SmoothQuantError(f"recipe {path} must be a mapping of keys, not a {type(raw).__name__}.")
-        return raw
+        return read_recipe(resolve_recipe(recipe))
     raise SmoothQuantError(f"recipe must be a YAML path, a preset name, a dict or a Recipe, not a "
                            f"{type(recipe).__name__}.")
 

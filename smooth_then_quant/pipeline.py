@@ -98,10 +98,9 @@ def check(recipe: Recipe, config=None, given_data: bool = False) -> None:
         raise SmoothQuantError("calibration.data: in-memory is data handed to oneshot(dataset=...); in a recipe give "
                                "offline, wikitext2, c4, a .txt/.jsonl file or a Hub dataset id.")
     if config is None:
-        if resolve_source(recipe.model)[0] == "hub":
-            return  # its config is fetched by the run (no network here)
-        ld = recipe.load
-        config = _config(recipe.model, ld.dtype, ld.device, ld.trust_remote_code, ld.revision, _stamp(recipe.model))
+        config = local_config(recipe)
+    if config is None:
+        return  # a hub model's config is fetched by the run (no network here)
     q = recipe.export.quantized
     if q is not None and _quantizes(recipe):
         fmt = get_format(q.format)
@@ -130,6 +129,14 @@ def optional_needs(recipe: Recipe) -> list[tuple[str, str, str]]:
     return needs
 
 
+def local_config(recipe: Recipe):
+    """The config of the recipe's model when it is local (read once per file version, no weights); None for a hub id."""
+    if resolve_source(recipe.model)[0] == "hub":
+        return None
+    ld = recipe.load
+    return _config(recipe.model, ld.dtype, ld.device, ld.trust_remote_code, ld.revision, _stamp(recipe.model))
+
+
 @functools.lru_cache(maxsize=8)
 def _config(name: str, dtype: str, device: str, trust: bool, revision: str | None, stamp: float):
     return model_config(name, dtype, device, trust, revision)
@@ -145,11 +152,10 @@ def _stamp(name: str) -> float:
 def group_notes(recipe: Recipe) -> list[str]:
     """For each quantized scheme whose group size does not divide a projection width of this model (config only):
     what that means, as export warns."""
-    if not _quantizes(recipe) or recipe.model == IN_MEMORY or resolve_source(recipe.model)[0] == "hub":
+    config = local_config(recipe) if _quantizes(recipe) and recipe.model != IN_MEMORY else None
+    if config is None:
         return []
-    ld = recipe.load
-    widths = input_widths(_config(recipe.model, ld.dtype, ld.device, ld.trust_remote_code, ld.revision,
-                                  _stamp(recipe.model)))
+    widths = input_widths(config)
     notes = []
     for name, sc in recipe.quantization.schemes.items():
         g = sc.weights.group_size

@@ -111,6 +111,14 @@ def resolve_recipe(spec: str | Path) -> Path:
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """A YAML recipe file or a preset name, with --set style overrides (KEY.PATH=VALUE) applied."""
     path = resolve_recipe(path)
+    raw = read_recipe(path)
+    for item in overrides:
+        apply_override(raw, item)
+    return validate_recipe(raw, source=str(path))
+
+
+def read_recipe(path: Path) -> dict:
+    """The raw mapping of a recipe file; every way YAML or the file can fail is one line."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
@@ -130,9 +138,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if not isinstance(raw, dict):
         raise SmoothQuantError(f"recipe {path} must be a mapping of keys (model:, calibration:, output_dir:, ...), "
                                f"not a {type(raw).__name__}.")
-    for item in overrides:
-        apply_override(raw, item)
-    return validate_recipe(raw, source=str(path))
+    return raw
 
 
 def apply_override(raw: dict, item: str) -> None:

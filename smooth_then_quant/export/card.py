@@ -128,22 +128,27 @@ def how_to_load_smoothed(runtime: bool) -> list[str]:
                             "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/folder\")"]), "```", ""]
 
 
+def card_body(kind: str, name: str, version: str, summary: list[dict], *, scheme: dict | None = None, fmt=None,
+              title: str = "", smoothing: str | None = None) -> list[str]:
+    """The prose of a card, API or recipe: kind 'quantized' (`scheme` in format `fmt`; `smoothing` says what was
+    done before) or 'smoothed'. `title`: what follows the scheme in the heading (the recipe's state)."""
+    if kind == "quantized":
+        w, a = scheme["weights"], scheme["activations"]
+        before = f" Smoothing before quantization: {smoothing}." if smoothing else ""
+        return [f"# {name}: {scheme['name']}{title}", "",
+                f"Quantized with smooth-then-quant {version}: {scheme['description']}.{before}", "",
+                f"**Serving:** {serving(scheme, fmt.name)}.", "", *fmt.how_to_load(w, a is not None),
+                "## Smoothing plan", "", *plan_lines(summary), ""]
+    return [f"# {name}, smoothed for quantization", "",
+            f"Made with smooth-then-quant {version}: float weights (safetensors) with the activation outliers that "
+            "hurt low-bit quantization migrated or removed:", "", *plan_lines(summary), "",
+            *how_to_load_smoothed(any(not r["foldable"] for r in summary))]
+
+
 def api_card(folder: Path, model, *, kind: str, plan=None, scheme: dict | None = None, fmt=None) -> Path:
     """The card of an export made through the Python API (no report): what the model carries, how to load it."""
     prov = provenance_of(model)
     name = (base_model(prov) or prov["name"]).rsplit("/", 1)[-1] or "model"
-    summary = plan.summary() if plan is not None else []
-    if kind == "quantized":
-        w, a = scheme["weights"], scheme["activations"]
-        body = [f"# {name}: {scheme['name']}", "",
-                f"Quantized with smooth-then-quant {__version__}: {scheme['description']}.", "",
-                f"**Serving:** {serving(scheme, fmt.name)}.", "", *fmt.how_to_load(w, a is not None),
-                "## Smoothing before quantization", "", *plan_lines(summary), ""]
-        tags = [fmt.name, f"int{w['bits']}"]
-    else:
-        body = [f"# {name}, smoothed for quantization", "",
-                f"Made with smooth-then-quant {__version__}: float weights (safetensors) with the activation outliers "
-                "that hurt low-bit quantization migrated or removed.", "", *plan_lines(summary), "", *how_to_load_smoothed(
-                    any(not r["foldable"] for r in summary))]
-        tags = ["smoothed"]
+    body = card_body(kind, name, __version__, plan.summary() if plan is not None else [], scheme=scheme, fmt=fmt)
+    tags = [fmt.name, f"int{scheme['weights']['bits']}"] if kind == "quantized" else ["smoothed"]
     return write_card(folder, card_data(prov, quantized=kind == "quantized", tags=tags), body)

@@ -8,8 +8,7 @@ from pathlib import Path
 import yaml
 
 from ..export import get_format
-from ..export.card import base_model, card_data, how_to_load_smoothed, plan_lines, portable, write_card
-from ..quantize.names import serving
+from ..export.card import base_model, card_body, card_data, portable, write_card
 from .markdown import _table
 from .quantization import STATE_LABEL, quantization_table
 
@@ -55,22 +54,14 @@ def write_model_card(folder: Path, report: dict, kind: str, scheme: str | None =
                 *report.get("recipe", {}).get("evaluation", {}).get("datasets", [])]
     if kind == "quantized":
         sch = next(s for s in report["quantization"]["schemes"] if s["name"] == scheme)
-        w = sch["weights"]
         fmt = report["quantization"].get("export", {}).get("format", "gptq")
-        tags = [fmt, f"int{w['bits']}"]
-        body = [f"# {name}: {scheme}, {STATE_LABEL.get(state, state)}", "",
-                f"Quantized with smooth-then-quant {report['tool']['version']}: {sch['description']}. Smoothing "
-                f"before quantization: {report['quantization']['states'][state]}.", "",
-                f"**Serving:** {serving(sch, fmt)}.", "",
-                *get_format(fmt).how_to_load(w, bool(sch["activations"])),
-                "## Smoothing plan", "", *plan_lines(summary), ""]
+        tags = [fmt, f"int{sch['weights']['bits']}"]
+        body = card_body(kind, name, report["tool"]["version"], summary, scheme=sch, fmt=get_format(fmt),
+                         title=f", {STATE_LABEL.get(state, state)}", smoothing=report["quantization"]["states"][state])
         results = eval_results(report, scheme, state)
     else:
         tags = ["smoothed"]
-        body = [f"# {name}, smoothed for quantization", "",
-                f"Made with smooth-then-quant {report['tool']['version']}. Float weights (safetensors) with the "
-                "activation outliers that hurt low-bit quantization migrated or removed:", "", *plan_lines(summary), "",
-                *how_to_load_smoothed(any(not r["foldable"] for r in summary))]
+        body = card_body(kind, name, report["tool"]["version"], summary)
         results = eval_results(report, "FP", "smoothed")
     body += _perplexity(report, (scheme, state) if kind == "quantized" else ("FP", "smoothed"))
     ev = report.get("quantization", report.get("smoothing", {})).get("evaluation", {})
