@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -49,6 +50,15 @@ SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfl
                       "uint64": "U64"}
 
 
+class Rows:
+    """A 2-D tensor given as consecutive row blocks (a streamed checkpoint's embedding or lm_head): ShardWriter writes
+    it block by block, so the matrix (and the mapped pages of reading it whole) is never resident at once.
+    `blocks()` yields tensors [n_i, shape[1]] of `dtype` whose rows add up to shape[0]."""
+
+    def __init__(self, shape: tuple[int, int], dtype, blocks):
+        self.shape, self.dtype, self.blocks = tuple(shape), dtype, blocks
+
+
 class ShardWriter:
     """Tensors written to safetensors shards of at most `max_bytes` as they come (transformers' file names
     and model.safetensors.index.json), so a checkpoint never has to be whole in memory: not even one shard.
@@ -68,22 +78,36 @@ class ShardWriter:
         self.files: list[tuple[Path, list[str], int]] = []  # (written file, its tensors, their bytes)
 
     def add(self, name: str, tensor) -> None:
+        """Append a tensor, or a `Rows` (written block by block)."""
         import torch
 
-        t = tensor.detach().cpu().contiguous()
-        nbytes = t.numel() * t.element_size()
+        if isinstance(tensor, Rows):
+            shape, tdtype, parts = tensor.shape, tensor.dtype, tensor.blocks()
+        else:
+            t = tensor.detach().cpu().contiguous()
+            shape, tdtype, parts = tuple(t.shape), t.dtype, (t,)
+        nbytes = math.prod(shape) * tdtype.itemsize
         if self.header and self.size + nbytes > self.max_bytes:
             self.flush()
-        dtype = SAFETENSORS_DTYPES.get(str(t.dtype).removeprefix("torch."))
+        dtype = SAFETENSORS_DTYPES.get(str(tdtype).removeprefix("torch."))
         if dtype is None:
-            raise SmoothQuantError(f"tensor {name} has dtype {t.dtype}, which safetensors cannot store.")
+            raise SmoothQuantError(f"tensor {name} has dtype {tdtype}, which safetensors cannot store.")
         if name in self.header:
             raise SmoothQuantError(f"tensor {name} was written twice to one checkpoint.")
         if self.spool is None:
             self.spool = open(self.folder / f".shard-{len(self.files):05d}.spool", "wb")  # noqa: SIM115
-        if nbytes:
-            self.spool.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-        self.header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [self.size, self.size + nbytes]}
+        written = 0
+        for part in parts:
+            part = part.detach().cpu().contiguous()
+            if part.dtype != tdtype or part.shape[1:] != shape[1:]:
+                raise SmoothQuantError(f"tensor {name}: a block of shape {tuple(part.shape)} and {part.dtype} in a "
+                                       f"tensor of shape {shape} and {tdtype}.")
+            if part.numel():
+                self.spool.write(memoryview(part.reshape(-1).view(torch.uint8).numpy()))
+            written += part.numel() * part.element_size()
+        if written != nbytes:  # a short or long block sequence would shift every later tensor's bytes
+            raise SmoothQuantError(f"tensor {name}: its blocks held {written} bytes, its shape {shape} needs {nbytes}.")
+        self.header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [self.size, self.size + nbytes]}
         self.size += nbytes
 
     def flush(self) -> None:

@@ -314,7 +314,7 @@ def run_quantize(run: Run) -> None:
             weights[f"{state} / {'+'.join(sc.name for sc in group)}"] = rep["weights"]
             for sc in group:
                 if sc.activations is not None:
-                    quantize_(qm, sc, run.ids, weights_done=True)
+                    quantize_(qm, sc, run.ids, weights_done=True, batch_size=q.batch_size)
                 ppl[(sc.name, state)] = {d: cache.perplexity(qm, tok, d, ev, state=repr(sc.activations),
                                                              desc=f"{sc.name} {state}: {d}") for d in ev.datasets}
                 score(qm, (sc.name, state))

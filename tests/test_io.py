@@ -70,3 +70,33 @@ def test_a_name_twice_and_an_unstorable_dtype_are_refused(tmp_path):
         w.add("a", torch.ones(2))
     with pytest.raises(SmoothQuantError, match="cannot store"):
         w.add("c", torch.ones(2, dtype=torch.complex64))
+
+
+def test_rows_are_written_block_by_block_as_the_tensor(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from smooth_then_quant.io import Rows, ShardWriter
+
+    w = torch.randn(10, 3)
+    writer = ShardWriter(tmp_path, 10**9)
+    writer.add("a", torch.ones(2))
+    writer.add("emb", Rows((10, 3), torch.float32, lambda: iter(w.split(4))))
+    writer.add("b", torch.zeros(1))
+    writer.close()
+    got = load_file(str(tmp_path / "model.safetensors"))
+    assert torch.equal(got["emb"], w) and torch.equal(got["a"], torch.ones(2)) and torch.equal(got["b"], torch.zeros(1))
+
+
+def test_rows_that_do_not_add_up_are_refused(tmp_path):
+    import pytest
+    import torch
+
+    from smooth_then_quant.errors import SmoothQuantError
+    from smooth_then_quant.io import Rows, ShardWriter
+
+    writer = ShardWriter(tmp_path, 10**9)
+    with pytest.raises(SmoothQuantError, match="blocks held 24 bytes"):
+        writer.add("emb", Rows((3, 3), torch.float32, lambda: iter([torch.zeros(2, 3)])))
+    with pytest.raises(SmoothQuantError, match="a block of shape"):
+        writer.add("emb2", Rows((3, 3), torch.float32, lambda: iter([torch.zeros(3, 2)])))

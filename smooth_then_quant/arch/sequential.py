@@ -28,6 +28,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from .. import dist
+from ..errors import SmoothQuantError
 from ..progress import bar
 from .registry import adapter_for
 
@@ -47,6 +49,8 @@ class LayerSource(Protocol):
     def head_rows(self, model: nn.Module, start: int, stop: int) -> torch.Tensor: ...  # lm_head rows [n, H]
 
     def tensor(self, model: nn.Module, name: str) -> torch.Tensor: ...  # one outside the decoder layers
+
+    def rows_of(self, model: nn.Module, name: str): ...  # the same for an export: a 2-D one as io.Rows (row blocks)
 
     def add_edit(self, li: int, key: str, edit: Callable[[nn.Module], None]) -> None: ...  # replayed on onload
 
@@ -172,6 +176,17 @@ def batches_of(ids: torch.Tensor, batch_size: int) -> list[tuple[int, torch.Tens
     return [(s, ids[s: s + batch_size]) for s in range(0, ids.shape[0], batch_size)]
 
 
+def my_batches(ids: torch.Tensor, batch_size: int) -> list[tuple[int, torch.Tensor]]:
+    """This rank's batches (all of them in a plain process): batch k goes to rank k mod world size, whole batches, so
+    a batch's computation is the same at any world size."""
+    batches = batches_of(ids, batch_size)
+    if len(batches) < dist.world_size():
+        raise SmoothQuantError(f"{ids.shape[0]} windows in batches of {batch_size} make {len(batches)} batches for "
+                               f"{dist.world_size()} processes; give every process at least one batch (more windows, "
+                               "a smaller batch_size, or fewer processes).")
+    return dist.mine(batches)
+
+
 def input_kwargs(model: nn.Module, ids: torch.Tensor) -> dict:
     """What model.base_model takes for ids [B, T]: the ids, or (streamed: no embedding matrix in memory) the
     embeddings gathered from the checkpoint's rows."""
@@ -217,13 +232,16 @@ def layer_output(o) -> torch.Tensor:
 def walk(model: nn.Module, ids: torch.Tensor, batch_size: int = 1, *,
          before_batch: Callable[[int, torch.Tensor], None] | None = None,
          after_layer: Callable[[int, nn.Module], None] | None = None,
-         desc: str = "layers", show: bool = True) -> HiddenStates:
+         desc: str = "layers", show: bool = True, shard: bool = True) -> HiddenStates:
     """Run ids [N, T] through every decoder layer in batches of `batch_size`, layer-major. Calls
     `before_batch(sample_offset, batch_ids)` before each batch enters a layer and `after_layer(li, layer)`
     once a layer has run every batch (still resident). -> the hidden states after the last layer, one
-    [B, T, H] per batch (before the final norm)."""
+    [B, T, H] per batch (before the final norm).
+    Under torchrun each rank runs its share of the batches (dist.mine: `shard`, the default) and the caller reduces
+    what its callbacks measured; shard=False runs every batch on every rank (a step whose result must be identical
+    everywhere without communication, e.g. a one-batch search)."""
     layers = adapter_for(model).decoder_layers(model)
-    batches = batches_of(ids, batch_size)
+    batches = my_batches(ids, batch_size) if shard else batches_of(ids, batch_size)
     hidden, extra = layer_inputs(model, layers, (input_kwargs(model, b) for _, b in batches))
     for li in bar(range(len(layers)), desc=desc, unit="layer", show=show, leave=False):
         with resident(model, li) as layer:

@@ -16,8 +16,9 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from ..arch import final_norm, model_device, runtime_signature, source_of, walk
-from ..arch.sequential import batches_of
+from ..arch import final_norm, model_device, runtime_signature, source_of, trim_heap, walk
+from .. import dist
+from ..arch.sequential import my_batches
 from ..errors import SmoothQuantError
 from ..load import EvalFormat, data_source, load_text, window_prefix
 from ..schema import Config
@@ -152,6 +153,7 @@ def token_nll(model: nn.Module, hidden, ids: list[torch.Tensor]) -> list[torch.T
             p[hit] = z[hit, t[hit] - start].double()
             del z
         del w
+    trim_heap()
     return [acc - p for acc, p in zip(lse, picked)]
 
 
@@ -161,8 +163,9 @@ def window_nll(model: nn.Module, ids: torch.Tensor, batch_size: int = 1, progres
     """Mean next-token NLL of each window: ids [N, T] -> [N] float64 (the model walked layer by layer). The first
     `prefix` tokens of every window (BOS, a chat template's head) are context only: the targets start after them."""
     hidden = walk(model, ids, batch_size, desc=desc, show=progress)
-    nll = token_nll(model, hidden, [b for _, b in batches_of(ids, batch_size)])
-    return torch.cat([n[:, max(prefix - 1, 0):].mean(-1) for n in nll]).double().cpu()
+    nll = token_nll(model, hidden, [b for _, b in my_batches(ids, batch_size)])
+    mine = [n[:, max(prefix - 1, 0):].mean(-1).double().cpu() for n in nll]  # this rank's batches: [B] each
+    return torch.cat(dist.interleave(dist.gather(mine)))  # every batch in window order, on every rank
 
 
 def perplexity(model: nn.Module, ids: torch.Tensor, batch_size: int = 1, progress: bool = True,

@@ -104,19 +104,36 @@ class Checkpoint:
             return self._finite(key, st.get_slice(key)[start:stop].to(dtype))
 
     def rows(self, key: str, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """rows ids (any shape, int) of a 2-D tensor -> [*ids.shape, width], reading ROW_CHUNK rows at a time."""
+        """rows ids (any shape, int) of a 2-D tensor -> [*ids.shape, width]. Only the rows asked for are read (runs of
+        nearby ids in one read of at most ROW_CHUNK rows): a batch's few hundred distinct tokens cost a few MB of
+        reads and of mapped pages, not the whole vocabulary matrix (which, read chunk by chunk, was the peak of
+        resident memory at every walk's start)."""
         flat = ids.reshape(-1).long()
         with safe_open(str(self.folder / self.where[key]), "pt") as st:
             sl = st.get_slice(key)
             n, width = sl.get_shape()
-            if int(flat.max()) >= n or int(flat.min()) < 0:
+            if flat.numel() and (int(flat.max()) >= n or int(flat.min()) < 0):
                 raise SmoothQuantError(f"token id {int(flat.max())} is outside the {n}-row embedding {key}.")
-            out = torch.empty(flat.numel(), width, dtype=dtype)
-            for start in range(0, n, ROW_CHUNK):
-                hit = (flat >= start) & (flat < start + ROW_CHUNK)
-                if hit.any():
-                    out[hit] = sl[start: start + ROW_CHUNK][flat[hit] - start].to(dtype)
-        return self._finite(key, out).reshape(*ids.shape, width)
+            uniq, inverse = torch.unique(flat, sorted=True, return_inverse=True)  # [U], [B*T]
+            picked = torch.empty(uniq.numel(), width, dtype=dtype)  # [U, width]
+            for a, b in _runs(uniq.tolist()):
+                lo = int(uniq[a])
+                picked[a:b] = sl[lo: int(uniq[b - 1]) + 1][uniq[a:b] - lo].to(dtype)
+        return self._finite(key, picked)[inverse].reshape(*ids.shape, width)
+
+
+RUN_GAP = 64  # ids at most this many rows apart are read in one slice (the rows between are read and dropped)
+
+
+def _runs(ids: list[int]) -> list[tuple[int, int]]:
+    """Sorted distinct row ids -> [start, stop) index ranges of `ids` whose rows are read in one slice: a new range
+    starts after a gap of more than RUN_GAP rows or once a range would span ROW_CHUNK rows."""
+    runs, a = [], 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or ids[i] - ids[i - 1] > RUN_GAP or ids[i] - ids[a] >= ROW_CHUNK:
+            runs.append((a, i))
+            a = i
+    return runs
 
 
 def skeleton(config, dtype: torch.dtype) -> nn.Module:

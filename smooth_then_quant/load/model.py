@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ..arch import adapter_for
+from ..arch import adapter_for, trim_heap
 from ..errors import SmoothQuantError
 from ..extras import available, require
 from ..io import Scratch
@@ -269,6 +269,7 @@ def load_model(name: str | torch.nn.Module = DEFAULT_MODEL, *, dtype: str = "flo
         with reading(f"the GGUF file {where}" if kind == "gguf" else f"the weights of {where}"):
             folder = _stream_folder(kind, kw, config, DTYPES[dtype], scratch, revision)
             model = streamed_model(folder, DTYPES[dtype], device, config, scratch, max_memory)
+        trim_heap()  # the GGUF parse and dequantization's temporaries, handed back before the run's work
         prov["weights"] = "streamed, one decoder layer at a time" + (
             " (the GGUF file dequantized tensor by tensor into a temporary safetensors folder)" if kind == "gguf" else "")
         log.info("streaming %s (%s, %s) on %s", name, kind, dtype, device)

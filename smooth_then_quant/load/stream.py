@@ -25,10 +25,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..arch import adapter_for
+from ..arch import adapter_for, trim_heap
 from ..arch.sequential import SOURCE_ATTR, HiddenStates
 from ..errors import SmoothQuantError
-from ..io import Scratch, ShardWriter
+from ..io import Rows, Scratch, ShardWriter
 from .lazy import ROW_CHUNK, Checkpoint, model_prefixes, onload_small_, skeleton
 
 Edit = Callable[[nn.Module], None]
@@ -120,6 +120,18 @@ class CheckpointSource:
             key = self._key_of(model, model.get_input_embeddings())
         return self.ckpt.row_range(key, start, stop, self.dtype).to(self.device)
 
+    def rows_of(self, model: nn.Module, name: str) -> Rows | torch.Tensor:
+        """A tensor outside the decoder layers for an export: a 2-D one as io.Rows (ROW_CHUNK rows per read)."""
+        key = self.ckpt.key(name, model_prefixes(model))
+        shape = self.ckpt.shape(key)
+        if len(shape) != 2:
+            return self.ckpt.tensor(key, self.dtype)
+
+        def blocks():
+            for start in range(0, shape[0], ROW_CHUNK):
+                yield self.ckpt.row_range(key, start, min(start + ROW_CHUNK, shape[0]), self.dtype)
+        return Rows(shape, self.dtype, blocks)
+
     def tensor(self, model: nn.Module, name: str) -> torch.Tensor:
         """A tensor outside the decoder layers (the embedding, an untied lm_head) by its name in the model."""
         return self.ckpt.tensor(self.ckpt.key(name, model_prefixes(model)), self.dtype)
@@ -203,6 +215,10 @@ def gguf_to_safetensors(path: str | Path, config, folder: Path, dtype: torch.dty
     parsed["tensors"] = {}  # where some processors put a tensor directly
     reader = GGUFReader(str(path))
     architecture = read_field(reader, "general.architecture")[0]
+    # the reader keeps a numpy view per element of every key-value field: ~160 MB for SmolLM2's tokenizer arrays,
+    # which would sit beside the largest dequantized tensor (the run's load-time peak); its tensors need none
+    reader.fields.clear()
+    trim_heap()  # and the parses' freed temporaries (config, tokenizer) go back to the OS before the tensors come
     processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=parsed.get("config", {}))
     key_map = get_gguf_hf_weights_map(skeleton(config, dtype), processor)
     writer = ShardWriter(folder, SCRATCH_SHARD_BYTES)  # small shards: a shard is held whole until written

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 from pydantic import Field
 
+from .. import dist
 from ..arch import ArchAdapter, adapter_for, take_part, walk
 from ..schema import Config
-from .stats import PointAccumulator, PointStats, release_workspace
+from .stats import PointAccumulator, PointStats, first_shift, merge, release_workspace
 
 
 class MassiveRule(Config):
@@ -99,6 +100,9 @@ class Recorder:
         if a is None:
             a = self.acc[(li, point)] = PointAccumulator(
                 x.shape[1], c.top_k, c.massive.abs_threshold, c.massive.ratio, c.max_records)
+            if dist.active():  # every rank's first batch here is its own: all take rank 0's (the first window's) shift
+                a.shift = first_shift(x)
+                dist.broadcast_([a.shift], 0)
         b = self.batch
         a.update(x, b.seq_len, b.sample_offset, b.token_ids, tuple(t.shape))
 
@@ -106,9 +110,13 @@ class Recorder:
         self.batch.sample_offset, self.batch.seq_len, self.batch.token_ids = sample_offset, ids.shape[1], ids
 
     def finalize(self, layer: int | None = None) -> None:
-        """Turn the accumulators (of one layer, or all) into PointStats and free them."""
-        for key in [k for k in self.acc if layer is None or k[0] == layer]:
-            self.stats[key] = self.acc.pop(key).finalize()
+        """Turn the accumulators (of one layer, or all) into PointStats and free them; under torchrun, first merge
+        every rank's accumulators of those points (one gather per layer), so every rank holds the same statistics."""
+        keys = sorted(k for k in self.acc if layer is None or k[0] == layer)
+        mine = [self.acc.pop(k) for k in keys]
+        ranks = dist.gather(mine)
+        for i, key in enumerate(keys):
+            self.stats[key] = merge([r[i] for r in ranks]).finalize()
 
     def result(self, adapter: ArchAdapter, num_layers: int, input_ids: torch.Tensor) -> ProbeResult:
         self.finalize()

@@ -3,8 +3,11 @@
 Per channel: count, shifted first and second moments (float64), min and max.
 Per tensor: the median |a| of each batch, the top-k |a| with (sample, token, channel),
 and every element that passes the massive-activation floor (bounded list; the moments of
-those elements are also kept per channel, so statistics *without* the massive activations
-are exact whatever the cap).
+the other elements are summed apart per channel, so statistics *without* the massive activations
+are exact whatever the cap, with no cancellation against the massive values).
+
+Under torchrun each rank accumulates its own batches with the same shift and `merge` adds the
+parts: float64 sums, so the result does not depend on the world size (tests/test_dist.py).
 
 Median |a|: exact (`kthvalue`) for batches of at most 2**18 elements; above that, the median
 of a fixed random subsample of 2**14 elements (rank error about ±0.4 % of the distribution,
@@ -18,6 +21,7 @@ pass (bench/results/analysis_pass.md).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -127,20 +131,23 @@ class PointAccumulator:
     cmax: torch.Tensor | None = None
     cmin: torch.Tensor | None = None
     ex_n: torch.Tensor | None = None
-    ex_s1: torch.Tensor | None = None
+    ex_s1: torch.Tensor | None = None  # shifted sums over the elements that are *not* massive activations
     ex_s2: torch.Tensor | None = None
     medians: list[float] = field(default_factory=list)
     top_vals: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     top_pos: torch.Tensor = field(default_factory=lambda: torch.empty(0, 3, dtype=torch.long))
     records: list[MassiveRecord] = field(default_factory=list)
     overflow: int = 0
+    last_offset: int = -1  # sample offset of the latest batch (whose shape `shape` is)
 
     def update(self, x: torch.Tensor, seq_len: int, sample_offset: int,
                token_ids: torch.Tensor | None = None, shape: tuple[int, ...] = ()) -> None:
-        """Fold one batch in. x: [N, C] float32 with N = batch * seq_len, token-major."""
+        """Fold one batch in. x: [N, C] float32 with N = batch * seq_len, token-major. The first batch sets the
+        shift (`first_shift`), unless the caller set one (under torchrun: the first window's, from rank 0)."""
         n, c = x.shape
-        if self.shift is None:
-            self.shift = x[: min(n, 256)].median(0).values  # robust to a massive activation in the first rows
+        if self.s1 is None:
+            if self.shift is None:
+                self.shift = first_shift(x)
             z = torch.zeros(c, dtype=torch.float64)
             self.s1, self.s2, self.ex_s1, self.ex_s2 = z.clone(), z.clone(), z.clone(), z.clone()
             self.ex_n = torch.zeros(c, dtype=torch.long)
@@ -148,7 +155,8 @@ class PointAccumulator:
             self.cmin = torch.full((c,), float("inf"))
         self.calls += 1
         self.count += n
-        self.shape = shape or tuple(x.shape)
+        if sample_offset >= self.last_offset:
+            self.shape, self.last_offset = shape or tuple(x.shape), sample_offset
 
         bmax, bmin = x.amax(0), x.amin(0)
         self.cmax = torch.maximum(self.cmax, bmax)
@@ -171,22 +179,24 @@ class PointAccumulator:
         d = torch.sub(x, self.shift, out=_workspace(x.shape))  # [N, C], reused: no allocator churn
         b1 = d.sum(0).double()
         b2 = d.square_().sum(0).double()
+        e1, e2 = b1.clone(), b2.clone()  # without the massive activations: the same, except in hot channels
         if hot.numel():
             sub = x[:, hot]  # [N, h]
             dh = (sub - self.shift[hot]).double()
             b1[hot], b2[hot] = dh.sum(0), (dh * dh).sum(0)
+            dh[sub.abs() > threshold] = 0  # summed apart, not subtracted from the totals: no cancellation
+            e1[hot], e2[hot] = dh.sum(0), (dh * dh).sum(0)
             self._record_massive(sub, hot, threshold, med, seq_len, sample_offset, token_ids)
         self.s1 += b1
         self.s2 += b2
+        self.ex_s1 += e1
+        self.ex_s2 += e2
 
     def _record_massive(self, sub, hot, threshold, med, seq_len, sample_offset, token_ids) -> None:
         r, j = (sub.abs() > threshold).nonzero(as_tuple=True)
         v = sub[r, j]
         ch = hot[j]
-        dv = (v - self.shift[ch]).double()
         self.ex_n.index_add_(0, ch, torch.ones_like(ch))
-        self.ex_s1.index_add_(0, ch, dv)
-        self.ex_s2.index_add_(0, ch, dv * dv)
         room = self.max_records - len(self.records)
         self.overflow += max(0, v.numel() - room)
         for rr, cc, vv in zip(r[:room].tolist(), ch[:room].tolist(), v[:room].tolist()):
@@ -201,7 +211,7 @@ class PointAccumulator:
         shift = self.shift.double()
         mean, std = _moments(self.s1, self.s2, n, shift)
         n_ex = (self.count - self.ex_n).double().clamp(min=1)
-        mean_ex, std_ex = _moments(self.s1 - self.ex_s1, self.s2 - self.ex_s2, n_ex, shift)
+        mean_ex, std_ex = _moments(self.ex_s1, self.ex_s2, n_ex, shift)
         tm, ts = tensor_moments(mean, std, torch.full_like(mean, n))
         tm_ex, ts_ex = tensor_moments(mean_ex, std_ex, n_ex)
         order = self.top_vals.abs().argsort(descending=True)
@@ -213,6 +223,41 @@ class PointAccumulator:
             median_abs=float(torch.tensor(self.medians).median()), top=top,
             massive=self.records, massive_overflow=self.overflow, calls=self.calls, shape=self.shape,
         )
+
+
+def first_shift(x: torch.Tensor) -> torch.Tensor:
+    """The moments' per-channel reference: the median of the first 256 rows of the first batch, [N, C] -> [C]
+    (robust to a massive activation in those rows)."""
+    return x[: min(x.shape[0], 256)].median(0).values
+
+
+def merge(parts: list[PointAccumulator]) -> PointAccumulator:
+    """One accumulator from several that saw disjoint batches with the same shift (torchrun's ranks): sums and
+    counts added (float64), extremes and top-k merged, batch medians pooled, massive records merged in
+    (sample, token, channel) order and capped as one accumulator would have capped them."""
+    seen = [p for p in parts if p.s1 is not None]
+    if len(seen) <= 1:
+        return seen[0] if seen else parts[0]
+    out = copy.copy(seen[0])
+    for p in seen[1:]:
+        if not torch.equal(p.shift, out.shift):
+            raise RuntimeError("merged accumulators have different shifts")
+    out.count, out.calls = sum(p.count for p in seen), sum(p.calls for p in seen)
+    last = max(seen, key=lambda p: p.last_offset)
+    out.shape, out.last_offset = last.shape, last.last_offset
+    for name in ("s1", "s2", "ex_s1", "ex_s2", "ex_n"):
+        setattr(out, name, sum((getattr(p, name) for p in seen[1:]), getattr(seen[0], name).clone()))
+    out.cmax = torch.stack([p.cmax for p in seen]).amax(0)
+    out.cmin = torch.stack([p.cmin for p in seen]).amin(0)
+    out.medians = [m for p in seen for m in p.medians]  # a median of them all: order does not matter
+    vals, pos = torch.cat([p.top_vals for p in seen]), torch.cat([p.top_pos for p in seen])
+    keep = vals.abs().topk(min(out.top_k, vals.numel())).indices
+    out.top_vals, out.top_pos = vals[keep], pos[keep]
+    records = sorted((r for p in seen for r in p.records), key=lambda r: (r.sample, r.token, r.channel))
+    total = sum(len(p.records) + p.overflow for p in seen)
+    out.records = records[: out.max_records]
+    out.overflow = total - len(out.records)
+    return out
 
 
 def _moments(s1: torch.Tensor, s2: torch.Tensor, n, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import dist
 from ..arch import adapter_for, resident, walk
 from .grid import rtn_grid, snap_
 from .rtn import ActQuant, WeightQuant, fake_quant_act, fake_quant_weight
@@ -63,7 +64,10 @@ def calibrate_ranges(model: nn.Module, ids: torch.Tensor, batch_size: int = 4, p
     finally:
         for h in handles:
             h.remove()
-    return ranges
+    names = sorted(ranges)  # under torchrun: min and max over every rank's windows (exact)
+    lo = dist.amin(torch.stack([ranges[n][0] for n in names]))
+    hi = dist.amax(torch.stack([ranges[n][1] for n in names]))
+    return {n: (lo[i], hi[i]) for i, n in enumerate(names)}
 
 
 def attach_act_quant_(model: nn.Module, q: ActQuant, ids: torch.Tensor | None = None, batch_size: int = 4,

@@ -178,7 +178,8 @@ def quantize_(model: nn.Module, scheme: Scheme | str, ids: torch.Tensor, *, weig
               tokenizer=None, progress: bool = True, batch_size: int = 1, backend: str = "builtin") -> dict:
     """Apply `scheme` in place: weights (unless `weights_done`, i.e. already quantized with the same
     weight config), then activation quantizers calibrated on `ids` [N, T]. Returns a report.
-    `batch_size`: calibration windows per GPTQ layer forward (1: least memory, and fastest on CPU here);
+    `batch_size`: calibration windows per layer forward of GPTQ and of the static A8 range calibration (1: least
+    memory, and fastest on CPU here);
     `backend`: builtin | gptqmodel (which needs the `tokenizer`: it loads the model from disk)."""
     scheme = Scheme.of(scheme)
     rep = {"scheme": scheme.to_dict()}
@@ -186,5 +187,5 @@ def quantize_(model: nn.Module, scheme: Scheme | str, ids: torch.Tensor, *, weig
         rep["weights"] = quantize_weights_(model, scheme.weights, ids, tokenizer, batch_size=batch_size,
                                            backend=backend)
     if scheme.activations is not None:
-        attach_act_quant_(model, scheme.activations, ids, progress=progress)
+        attach_act_quant_(model, scheme.activations, ids, batch_size, progress)
     return rep

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...arch import adapter_for, resident, source_of
+from ...arch import adapter_for, resident, source_of, trim_heap
 from ...errors import SmoothQuantError
 from ...io import ShardWriter
 from ...load import quantization_config, read_safetensors
@@ -42,7 +42,8 @@ def model_tensors(model: nn.Module, replaces: tuple[str, ...] = (),
                   ) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor of the model's state dict once (tied copies once: transformers re-ties on load), on the CPU:
     first those outside the decoder layers, then layer by layer (a streamed model reads each layer, then frees
-    it). With `projection_tensors(name, module)`, each projection's `replaces` leaves give way to its tensors."""
+    it; its embedding and lm_head come as `io.Rows`, read block by block as the writer takes them). With
+    `projection_tensors(name, module)`, each projection's `replaces` leaves give way to its tensors."""
     adapter = adapter_for(model)
     names = {id(m): n for n, m in model.named_modules()}
     prefixes = [names[id(layer)] for layer in adapter.decoder_layers(model)]
@@ -52,7 +53,7 @@ def model_tensors(model: nn.Module, replaces: tuple[str, ...] = (),
         if id(t) in seen or any(name.startswith(p + ".") for p in prefixes):
             continue
         seen.add(id(t))
-        yield name, (src.tensor(model, name) if t.is_meta else t).detach().cpu().contiguous()
+        yield name, (src.rows_of(model, name) if t.is_meta else t.detach().cpu().contiguous())
     for li, prefix in enumerate(prefixes):
         with resident(model, li) as layer:
             projections = dict(adapter.named_projections(model, layers=[li])) if projection_tensors else {}
@@ -65,6 +66,7 @@ def model_tensors(model: nn.Module, replaces: tuple[str, ...] = (),
             for p, m in projections.items():
                 for leaf, v in projection_tensors(p, m).items():
                     yield f"{p}.{leaf}", v.contiguous()
+        trim_heap()  # packing's layer-sized temporaries: freed, and handed back to the OS before the next layer
 
 
 def write_weights(tensors: Iterable[tuple[str, torch.Tensor]], folder: Path, max_shard_size: int) -> list[str]:

@@ -17,6 +17,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ... import dist
 from ...arch import ArchAdapter, adapter_for, resident, walk
 from ...detect import Analysis
 from ...probe import hooks_at_points
@@ -88,7 +89,11 @@ def collect_absmax(model: nn.Module, adapter: ArchAdapter, ids: torch.Tensor, po
 
     with hooks_at_points(model, adapter, record):
         walk(model, ids, batch_size, desc="smooth: activation ranges")
-    return amax
+    keys = sorted(amax)  # under torchrun: the max over every rank's windows (exact), one collective
+    if not keys:
+        return amax
+    merged = dist.amax(torch.cat([amax[k] for k in keys])).split([amax[k].numel() for k in keys])
+    return dict(zip(keys, merged))
 
 
 @torch.inference_mode()
@@ -153,7 +158,8 @@ def migrations(model: nn.Module, ids: torch.Tensor, cfg: MigrateConfig, skip_dow
             MigrateNorm(li, name, alpha, scales, why)
 
     with hooks_at_points(model, adapter, decide):  # each site scored while its layer is resident
-        walk(model, ids[: cfg.search_samples], cfg.search_samples, desc="smooth: α search", show=False)
+        # one batch, run whole on every rank (shard=False): every rank takes the same decisions without communication
+        walk(model, ids[: cfg.search_samples], cfg.search_samples, desc="smooth: α search", show=False, shard=False)
     progress.close()
     out = [found[k] for k in sorted(found, key=lambda k: (k[0], list(sites).index(k[1]))) if found[k] is not None]
     return out, notes
