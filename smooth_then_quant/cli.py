@@ -9,7 +9,7 @@ import sys
 import tqdm
 import transformers
 
-from . import progress
+from . import dist, progress
 from .errors import SmoothQuantError
 from .output import Interrupted, handle_signals, hold
 from .pipeline import dry_run, run
@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.recipe is None:
         ap.error("give a recipe file or a preset name (smooth-quant --list-presets)")
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    if dist.env_rank() != 0:  # under torchrun, logs and bars come from rank 0 only
+        level, args.quiet = logging.ERROR, True
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.quiet:
         # -q means no bars at all: ours, and those libraries draw with plain tqdm (transformers' GGUF loading)
@@ -65,13 +67,24 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             summary = run(recipe, source=resolve_recipe(args.recipe))
         except SmoothQuantError as e:
-            print("smooth-quant: error: " + " ".join(str(e).split("\n")), file=sys.stderr)  # one paragraph, always
+            line = " ".join(str(e).split("\n"))  # one paragraph, always
+            dist.report_failure(line)  # under torchrun: for rank 0 to say which rank failed and why
+            if dist.env_rank() == 0:
+                print("smooth-quant: error: " + line, file=sys.stderr)
             return 2
         except KeyboardInterrupt as e:  # Interrupted, or a KeyboardInterrupt from a thread's SIGINT
             what = e.name if isinstance(e, Interrupted) else "SIGINT"
             detail = getattr(e, "detail", None) or "nothing was written to output_dir"
-            print(f"smooth-quant: interrupted ({what}); {detail}.", file=sys.stderr)
+            if dist.launched() and dist.env_rank() == 0 and dist.failure():  # torchrun stopped us: a peer failed
+                print("smooth-quant: error: " + dist.stopped_message(), file=sys.stderr)
+                return 2
+            if dist.env_rank() == 0:
+                print(f"smooth-quant: interrupted ({what}); {detail}.", file=sys.stderr)
             return 130
+        finally:
+            dist.shutdown()
+        if dist.env_rank() != 0:
+            return 0
         with hold() as late:
             if not args.quiet:
                 print(render_summary(summary))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -28,6 +29,12 @@ import torch.distributed as dist
 from .errors import SmoothQuantError
 
 T = TypeVar("T")
+TRAFFIC: dict[str, int] = {}  # payload bytes this rank sent or received in collectives, per pipeline stage
+STAGE = ["-"]  # the stage the pipeline is in (pipeline sets it), for TRAFFIC
+
+
+def _count(nbytes: int) -> None:
+    TRAFFIC[STAGE[0]] = TRAFFIC.get(STAGE[0], 0) + int(nbytes)
 FAILED_KEY = "smooth_then_quant/failed"  # the first failing rank's one-line error, for rank 0 to report
 
 
@@ -79,6 +86,30 @@ def init(device: str, choice: str = "auto", timeout_s: float = 1800) -> None:
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
 
 
+def backend() -> str | None:
+    return dist.get_backend() if active() else None
+
+
+def env_rank() -> int:
+    """This process's rank as torchrun set it (0 in a plain process), known before the process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_peer_failure(e: BaseException) -> bool:
+    """A collective that failed because another rank went away (gloo: the peer closed its connection)."""
+    text = str(e)
+    return isinstance(e, getattr(dist, "DistError", ())) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL error"))
+
+
+def stopped_message() -> str:
+    """Rank 0's one line when another rank failed."""
+    peer = failure()
+    return ("another process of this torchrun job failed" + (f" ({peer})" if peer else
+            " (killed or crashed without a message: torchrun's report names its rank)") + "; every process stopped "
+            "and nothing was written to output_dir.")
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -94,6 +125,7 @@ def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
     """A reduced copy of t (on t's device); nccl reduces CUDA tensors only, so a CPU tensor visits the rank's GPU."""
     if not active():
         return t
+    _count(t.numel() * t.element_size())
     if dist.get_backend() == "nccl" and not t.is_cuda:
         out = t.to(torch.device("cuda", torch.cuda.current_device()))
         dist.all_reduce(out, op)
@@ -122,6 +154,7 @@ def gather(obj: T) -> list[T]:
         return [obj]
     out: list = [None] * world_size()
     dist.all_gather_object(out, obj)
+    _count(sum(len(pickle.dumps(o)) for o in out))
     return out
 
 
@@ -138,12 +171,52 @@ def broadcast_(tensors: list[torch.Tensor], src: int) -> None:
     if not active():
         return
     for t in tensors:
+        _count(t.numel() * t.element_size())
         if dist.get_backend() == "nccl" and not t.is_cuda:
             g = t.to(torch.device("cuda", torch.cuda.current_device()))
             dist.broadcast(g, src)
             t.copy_(g)
         else:
             dist.broadcast(t, src)
+
+
+def reduce_sum64(t: torch.Tensor, dst: int) -> torch.Tensor:
+    """Sum over ranks in float64, delivered to rank `dst` (the others get their own partial back, unused)."""
+    t = t.double()
+    if not active():
+        return t
+    _count(t.numel() * t.element_size())
+    if dist.get_backend() == "nccl" and not t.is_cuda:
+        g = t.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.reduce(g, dst, dist.ReduceOp.SUM)
+        return g.to(t.device)
+    dist.reduce(t, dst, dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_from(tensors: list[torch.Tensor] | None, src: int) -> list[torch.Tensor]:
+    """Rank `src`'s tensors on every rank (src passes them, the others None): shapes and dtypes go first as one
+    small object, then each tensor, received on the device the sender's tensors are on (this rank's GPU with nccl)."""
+    if not active():
+        return list(tensors)
+    meta = [[(tuple(t.shape), t.dtype, t.device.type) for t in tensors] if rank() == src else None]
+    dist.broadcast_object_list(meta, src)
+    out = []
+    for i, (shape, dtype, kind) in enumerate(meta[0]):
+        if rank() == src:
+            t = tensors[i].contiguous()
+        else:
+            device = torch.device("cuda", torch.cuda.current_device()) if kind == "cuda" else torch.device("cpu")
+            t = torch.empty(shape, dtype=dtype, device=device)
+        _count(t.numel() * t.element_size())
+        if dist.get_backend() == "nccl" and not t.is_cuda:
+            g = t.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.broadcast(g, src)
+            t = g.cpu()
+        else:
+            dist.broadcast(t, src)
+        out.append(t)
+    return out
 
 
 def owners(sizes: Sequence[int]) -> list[int]:
@@ -156,6 +229,15 @@ def owners(sizes: Sequence[int]) -> list[int]:
         owner[j] = r
         load[r] += sizes[j]
     return owner
+
+
+def peak_rss() -> int | None:
+    """This process's peak resident memory in bytes (VmHWM; None where /proc is absent)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+    except (OSError, StopIteration, ValueError):
+        return None
 
 
 def barrier() -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import dist, progress
 from .arch import input_widths
 from .errors import SmoothQuantError
 from .evaluate.lmeval import check_tasks
@@ -20,6 +22,7 @@ from .evaluate.nll import split_dataset
 from .export import get_format
 from .extras import require
 from .load.data import HUB_SOURCES, is_hub_dataset
+from .io import Scratch
 from .load import LoadedModel
 from .load.model import IN_MEMORY, model_config, resolve_source
 from .output import Interrupted, OutputDir, check_output_path
@@ -91,6 +94,8 @@ def check(recipe: Recipe, config=None, given_data: bool = False) -> None:
     if recipe.export.push_to_hub and not exports(recipe, _ran(recipe)):
         raise SmoothQuantError("export.push_to_hub is set but nothing would be exported (export.model is false, or the "
                                f"stage ({recipe.stage}) stops before smoothing): nothing to push.")
+    if dist.launched():
+        check_distributed(recipe)
     if recipe.model == IN_MEMORY and config is None:
         raise SmoothQuantError("model: in-memory is a model object handed to oneshot(); in a recipe give a hub id, a "
                                "folder, a .gguf file or default.")
@@ -107,6 +112,25 @@ def check(recipe: Recipe, config=None, given_data: bool = False) -> None:
         why = fmt.refuses_config(recipe.quantization.schemes[q.scheme].to_dict(), config) if fmt.refuses_config else None
         if why:
             raise SmoothQuantError(f"export.quantized.format {q.format} cannot hold scheme '{q.scheme}' {why}.")
+
+
+def check_distributed(recipe: Recipe) -> None:
+    """Under torchrun: what this version runs on one process only, refused before any process starts work."""
+    why = []
+    if _quantizes(recipe) and recipe.evaluation.tasks:
+        why.append("evaluation.tasks (lm-eval scores the whole model in one process)")
+    repairs = [recipe.smoothing.repair.enabled and _smooths(recipe)]
+    if _quantizes(recipe) and "paper" in compared_states(recipe):
+        repairs.append(recipe.quantization.paper.repair.enabled)
+    if any(repairs):
+        why.append("the LoRA repair (its training runs in one process)")
+    if _quantizes(recipe) and recipe.quantization.gptq_backend == "gptqmodel":
+        why.append("quantization.gptq_backend: gptqmodel (GPTQModel runs its own loop)")
+    if recipe.resources.distributed == "nccl" and not str(recipe.load.device).startswith("cuda"):
+        why.append(f"resources.distributed: nccl with load.device {recipe.load.device} (nccl needs CUDA; use gloo)")
+    if why:
+        raise SmoothQuantError("under torchrun this run cannot use " + "; ".join(why) + ": run it as one process "
+                               "(smooth-quant RECIPE), or turn those off.")
 
 
 def optional_needs(recipe: Recipe) -> list[tuple[str, str, str]]:
@@ -213,6 +237,36 @@ def output_guards(recipe: Recipe, source: str | Path | None = None) -> tuple[lis
     return protect, keep, size * len(exports(recipe, _ran(recipe))) + 64 * 2**20
 
 
+def _run_stages(state: Run, todo: list) -> None:
+    """Every stage in order; under torchrun, then a barrier: rank 0 keeps its output only once every rank is done."""
+    try:
+        for stage in todo:
+            log.debug("stage %s", stage.name)
+            dist.STAGE[0] = stage.name
+            t0 = time.perf_counter()
+            stage.run(state)
+            state.timing.setdefault("stage_seconds", {})[stage.name] = round(time.perf_counter() - t0, 1)
+        dist.barrier()
+    except RuntimeError as e:
+        if dist.active() and dist.is_peer_failure(e):
+            raise SmoothQuantError(dist.stopped_message()) from None
+        raise
+    finally:  # the streamed model's scratch (in the partial folder unless load.offload_dir) goes first
+        if state.loaded is not None and state.loaded.scratch is not None:
+            state.loaded.scratch.cleanup()
+
+
+def _run_rank(recipe: Recipe, todo: list, model, data, tokenizer) -> dict:
+    """A rank other than 0: the same stages on its share of the windows, in a private folder removed after."""
+    folder = Scratch(recipe.resources.offload_dir, prefix=f"smooth-then-quant-rank{dist.rank()}-")
+    try:
+        state = Run(recipe, folder.path, given_model=model, given_data=data, given_tokenizer=tokenizer, writes=False)
+        _run_stages(state, todo)
+    finally:
+        folder.cleanup()
+    return {"output_dir": str(recipe.output_dir), "rank": dist.rank(), "stages": [s.name for s in todo]}
+
+
 def run(recipe: Recipe, source: str | Path | None = None, model: LoadedModel | None = None, data=None,
         tokenizer=None) -> dict:
     """Run the recipe into output_dir (written whole or not at all); returns where things went.
@@ -227,18 +281,16 @@ def run(recipe: Recipe, source: str | Path | None = None, model: LoadedModel | N
     if recipe.export.quantized and not _quantizes(recipe):
         log.warning("stage %s stops before quantization: export.quantized is skipped", recipe.stage)
     todo = stages(recipe)
+    dist.init(recipe.load.device, recipe.resources.distributed)  # under torchrun: join its process group
+    if not dist.is_main():  # the other ranks compute their share and write nothing, silently (oneshot too)
+        progress.set_enabled(False)
+        return _run_rank(recipe, todo, model, data, tokenizer)
     with OutputDir(target, recipe.overwrite) as out:
         for line in out.recovered:
             log.warning("%s", line)
         state = Run(recipe, out.tmp, given_model=model, given_data=data, given_tokenizer=tokenizer)
         state.report["stages"] = [s.name for s in todo]
-        try:
-            for stage in todo:
-                log.debug("stage %s", stage.name)
-                stage.run(state)
-        finally:  # the streamed model's scratch (in the partial folder unless load.offload_dir) goes first
-            if state.loaded is not None and state.loaded.scratch is not None:
-                state.loaded.scratch.cleanup()
+        _run_stages(state, todo)
     final = out.final
     if out.kept_beside:
         log.warning("output_dir %s was filled by something else during the run: it was left as it was, and the "

@@ -20,6 +20,7 @@ from .evaluate.evidence import ppl_change, removed_share, state_evidence
 from .export import PLAN_FILE, save_quantized, save_smoothed
 from .export.card import portable
 from .export.hub import push_folder
+from . import dist
 from .io import write_json
 from .load import LoadedModel, calibration_windows, load_model, size_bytes
 from .quantize import Scheme, detach_act_quant_, quantize_
@@ -93,6 +94,7 @@ class Run:
     given_model: LoadedModel | None = None  # the Python API's model object (oneshot), used instead of loading
     given_data: object = None  # the Python API's calibration data in memory (texts, conversations, a Dataset)
     given_tokenizer: object = None  # the Python API's tokenizer for a model loaded by name (oneshot)
+    writes: bool = True  # False on torchrun's ranks other than 0: they compute their share, rank 0 writes
 
 
 def _smoothing_parts(sm: SmoothingConfig) -> list[str]:
@@ -147,7 +149,7 @@ def run_load(run: Run) -> None:
     why = whole_model_needed(r) if r.load.stream else None
     if why:
         log.info("loading the model whole: %s", why)
-    run.loaded = load_model(r.model, dtype=r.load.dtype, device=r.load.device, trust_remote_code=r.load.trust_remote_code,
+    run.loaded = load_model(r.model, dtype=r.load.dtype, device=dist.local_device(r.load.device), trust_remote_code=r.load.trust_remote_code,
                             revision=r.load.revision, stream=r.load.stream and why is None,
                             offload_dir=r.resources.offload_dir or str(run.out),
                             max_memory=None if r.resources.max_memory is None else size_bytes(r.resources.max_memory),
@@ -179,7 +181,7 @@ def run_analyze(run: Run) -> None:
     run.report.update({"tool": {"name": "smooth-then-quant", "version": __version__},
                        "recipe": r.model_dump(mode="json"), "model": loaded.provenance, "data": data,
                        "timing": run.timing, "analysis": run.analysis.to_dict()})
-    run.plots += write_plots(run.analysis, run.out) if r.analysis.draws else []
+    run.plots += write_plots(run.analysis, run.out) if r.analysis.draws and run.writes else []
     report = run.report
     report["plots"] = run.plots
     for key in ("massive_activations", "channel_outliers", "gamma_outliers", "otc"):
@@ -239,7 +241,7 @@ def run_smooth(run: Run) -> None:
         s["removed"] = removed_share(states[0], s)
     run.smoothing = SmoothingResult(plan, smoothed, states, {d: cache.windows(tok, d, ev)[1] for d in ev.datasets})
     run.report["smoothing"] = run.smoothing.to_dict()
-    if r.analysis.draws:
+    if r.analysis.draws and run.writes:
         run.plots.append(plot_smoothing(states, run.out / "smoothing_effect.png").name)
     plan.save(run.out / PLAN_FILE)
     run.markdown.append(render_smoothing(run.report))
@@ -318,7 +320,7 @@ def run_quantize(run: Run) -> None:
                 ppl[(sc.name, state)] = {d: cache.perplexity(qm, tok, d, ev, state=repr(sc.activations),
                                                              desc=f"{sc.name} {state}: {d}") for d in ev.datasets}
                 score(qm, (sc.name, state))
-                if target is not None and (target.scheme, target.state) == (sc.name, state):
+                if target is not None and (target.scheme, target.state) == (sc.name, state) and run.writes:
                     log.info("writing the %s / %s checkpoint (%s format)", sc.name, state, target.format)
                     save_quantized(qm, tok, run.out / "quantized", c.plan, target.format,
                                    size_bytes(r.export.max_shard_size))
@@ -335,7 +337,7 @@ def run_quantize(run: Run) -> None:
     shutil.rmtree(run.out / ".lm-eval", ignore_errors=True)  # the built task data
     run.report["quantization"] = run.quantization.to_dict()
     run.timing["quantization_seconds"] = round(time.perf_counter() - t0, 1)
-    if r.analysis.draws:
+    if r.analysis.draws and run.writes:
         run.plots.append(plot_quantization(run.report["quantization"], run.out / "quantization.png").name)
     run.markdown.append(render_quantization(run.report))
 
@@ -362,6 +364,8 @@ def exports(r: Recipe, stages: set[str]) -> dict[str, str]:
 
 def run_export(run: Run) -> None:
     r, tok = run.recipe, run.loaded.tokenizer
+    if not run.writes:
+        return
     if r.export.model and run.smoothing:
         save_smoothed(run.smoothing.model, tok, run.smoothing.plan, run.out / "model", size_bytes(r.export.max_shard_size))
         run.exported["model"] = "model/"
@@ -372,6 +376,11 @@ def run_export(run: Run) -> None:
 # ---- report: report.md, report.json (in the output folder and in every export) ---------------------
 def run_report(run: Run) -> None:
     report, target = run.report, run.recipe.export.quantized
+    report["distributed"] = {"world_size": dist.world_size(), "backend": dist.backend()}
+    # every rank's peak memory and collective traffic (bytes per stage), in rank order (a gather: every rank takes part)
+    report["distributed"]["ranks"] = dist.gather({"peak_rss_bytes": dist.peak_rss(), "traffic_bytes": dict(dist.TRAFFIC)})
+    if not run.writes:
+        return
     report["export"] = dict(run.exported)
     lic = run.recipe.export.license
     if "model" in run.exported:

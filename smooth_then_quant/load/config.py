@@ -59,6 +59,8 @@ class ResourcesConfig(Config):
     # made there and removed when the run ends, however it ends. None: inside the run's partial output folder
     offload_dir: str | None = None
     max_memory: str | None = None  # hidden states kept in RAM between layers (e.g. 4GB); None: 1/4 of what is free
+    # under torchrun (more than one process): the torch.distributed backend. auto: gloo on CPU, nccl on CUDA
+    distributed: Literal["auto", "gloo", "nccl"] = "auto"
 
     @field_validator("offload_dir")
     @classmethod

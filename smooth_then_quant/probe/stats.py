@@ -167,10 +167,7 @@ class PointAccumulator:
 
         vals, rows, chans = topk_abs(x, self.top_k)
         pos = torch.stack([sample_offset + rows // seq_len, rows % seq_len, chans], 1)
-        all_vals = torch.cat([self.top_vals, vals])
-        all_pos = torch.cat([self.top_pos, pos])
-        keep = all_vals.abs().topk(min(self.top_k, all_vals.numel())).indices
-        self.top_vals, self.top_pos = all_vals[keep], all_pos[keep]
+        self.top_vals, self.top_pos = top_of(torch.cat([self.top_vals, vals]), torch.cat([self.top_pos, pos]), self.top_k)
 
         # Moments: float32 sums of shifted values per batch, except in channels holding massive
         # activations, where float32 would lose the small values next to a huge one (float64 there).
@@ -214,8 +211,7 @@ class PointAccumulator:
         mean_ex, std_ex = _moments(self.ex_s1, self.ex_s2, n_ex, shift)
         tm, ts = tensor_moments(mean, std, torch.full_like(mean, n))
         tm_ex, ts_ex = tensor_moments(mean_ex, std_ex, n_ex)
-        order = self.top_vals.abs().argsort(descending=True)
-        top = [(float(self.top_vals[i]), *map(int, self.top_pos[i])) for i in order]
+        top = [(float(v), *map(int, p)) for v, p in zip(self.top_vals, self.top_pos)]  # top_of's order
         return PointStats(
             channels=self.shift.numel(), count=self.count, mean=mean, std=std, mean_ex=mean_ex,
             std_ex=std_ex, count_ex=n_ex, absmax=torch.maximum(self.cmax, -self.cmin).double(),
@@ -223,6 +219,17 @@ class PointAccumulator:
             median_abs=float(torch.tensor(self.medians).median()), top=top,
             massive=self.records, massive_overflow=self.overflow, calls=self.calls, shape=self.shape,
         )
+
+
+def top_of(vals: torch.Tensor, pos: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k first of candidates vals [n] at pos [n, 3] (sample, token, channel) in one total order: larger |value|
+    first, ties by position. Equal values (common in embeddings) then keep the same elements in the same order
+    whichever way the batches were split (torchrun's ranks) or merged."""
+    order = torch.arange(vals.numel())
+    for col in (2, 1, 0):  # stable sorts, least significant key first
+        order = order[torch.sort(pos[order, col], stable=True).indices]
+    order = order[torch.sort(vals[order].abs(), descending=True, stable=True).indices][:k]
+    return vals[order], pos[order]
 
 
 def first_shift(x: torch.Tensor) -> torch.Tensor:
@@ -250,9 +257,8 @@ def merge(parts: list[PointAccumulator]) -> PointAccumulator:
     out.cmax = torch.stack([p.cmax for p in seen]).amax(0)
     out.cmin = torch.stack([p.cmin for p in seen]).amin(0)
     out.medians = [m for p in seen for m in p.medians]  # a median of them all: order does not matter
-    vals, pos = torch.cat([p.top_vals for p in seen]), torch.cat([p.top_pos for p in seen])
-    keep = vals.abs().topk(min(out.top_k, vals.numel())).indices
-    out.top_vals, out.top_pos = vals[keep], pos[keep]
+    out.top_vals, out.top_pos = top_of(torch.cat([p.top_vals for p in seen]), torch.cat([p.top_pos for p in seen]),
+                                       out.top_k)
     records = sorted((r for p in seen for r in p.records), key=lambda r: (r.sample, r.token, r.channel))
     total = sum(len(p.records) + p.overflow for p in seen)
     out.records = records[: out.max_records]

@@ -23,8 +23,9 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from .. import dist
 from ..arch import adapter_for, resident, trim_heap
-from ..arch.sequential import batches_of, input_kwargs, layer_inputs, layer_output
+from ..arch.sequential import input_kwargs, layer_inputs, layer_output, my_batches
 from ..progress import bar
 from ..schema import Config
 from .fake import weight_view
@@ -148,17 +149,32 @@ def _gptq_solve_(w: torch.Tensor, h: torch.Tensor, cfg: GPTQWeights) -> tuple[to
 
 
 class Hessian:
-    """Running H = 2/N Σ x xᵀ over the N rows seen, as GPTQ accumulates it."""
+    """H = 2/N Σ x xᵀ over the N rows seen. Each batch's x xᵀ is computed in float32 (fast on every device; a batch
+    is the same at any world size) and the sum accumulates in float64: the float32 H it gives does not depend on the
+    order batches are added in, so torchrun's ranks, each summing its own batches, and one process summing them all
+    get the same H (dist.py). Memory: the float64 sum and one float32 [in, in] product."""
 
     def __init__(self, width: int, device: torch.device | str = "cpu"):
-        self.h = torch.zeros(width, width, device=device)
+        self.sum = torch.zeros(width, width, dtype=torch.float64, device=device)  # [in, in]
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:  # x: [..., in]
         x = x.detach().reshape(-1, x.shape[-1]).float()
-        m = x.shape[0]
-        self.h.addmm_(x.t(), x, beta=self.n / (self.n + m), alpha=2 / (self.n + m))
-        self.n += m
+        self.sum.add_(x.t() @ x)  # float32 product, float64 sum
+        self.n += x.shape[0]
+
+    @property
+    def h(self) -> torch.Tensor:
+        """[in, in] float32, as GPTQ solves with it."""
+        return (self.sum * (2 / self.n)).float()
+
+    def reduced_(self, owner: int) -> None:
+        """Under torchrun: every rank's sum and count, added on rank `owner` (the one that solves). -> self."""
+        if dist.active():
+            n = dist.sum64(torch.tensor([float(self.n)], device=self.sum.device))
+            self.sum = dist.reduce_sum64(self.sum, owner)
+            self.n = int(n.item())
+        return self
 
 
 # ---- the model-level verb ------------------------------------------------------------------------
@@ -225,17 +241,22 @@ class _Replay:
         del self.module.forward  # back to the class's forward
 
 
-def _solve_group_(layer: nn.Module, paths: list[str], h: Hessian, cfg: GPTQWeights, li: int) -> list[dict]:
-    """Projections reading the same input are solved stacked (rows are independent given H)."""
+def _solve_group_(layer: nn.Module, paths: list[str], h: Hessian, cfg: GPTQWeights, li: int, owner: int = 0
+                  ) -> list[dict]:
+    """Projections reading the same input are solved stacked (rows are independent given H). Under torchrun rank
+    `owner` holds the summed H and solves; the others receive its result (the same weights everywhere)."""
     ws = [weight_view(layer.get_submodule(p)) for p in paths]
     rows = [w.shape[0] for w in ws]
-    q, loss, grid = _gptq_solve_(torch.cat(ws).float(), h.h, cfg)  # a fresh stacked copy; H is not needed after
+    solved = None
+    if dist.rank() == owner:
+        q, loss, grid = _gptq_solve_(torch.cat(ws).float(), h.h, cfg)  # a fresh stacked copy; H is not needed after
+        solved = [q, loss, grid.scale, grid.zero, grid.g_idx]
+    q, loss, scale, zero, g_idx = dist.broadcast_from(solved, owner)
     start = 0
     for p, w, qp in zip(paths, ws, q.split(rows)):
         w.copy_(qp.to(w.dtype))
         sl = slice(start, start + w.shape[0])
-        snap_(layer.get_submodule(p), w, QuantGrid(grid.bits, grid.group_size, grid.symmetric, grid.scale[sl],
-                                                   grid.zero[sl], grid.g_idx))
+        snap_(layer.get_submodule(p), w, QuantGrid(cfg.bits, cfg.group_size, cfg.symmetric, scale[sl], zero[sl], g_idx))
         start += w.shape[0]
     return [{"layer": li, "module": p, "loss": float(lp.sum())} for p, lp in zip(paths, loss.split(rows))]
 
@@ -249,7 +270,8 @@ def gptq_(model: nn.Module, ids: torch.Tensor, cfg: GPTQWeights = GPTQWeights(),
     layers = adapter.decoder_layers(model)
     attention = adapter.modules("o")[0].rpartition(".")[0]  # the block that ends in W_o
     t0 = time.perf_counter()
-    hidden, extra = layer_inputs(model, layers, (input_kwargs(model, b) for _, b in batches_of(ids, batch_size)))
+    batches = my_batches(ids, batch_size)  # under torchrun this rank's share; the Hessians are summed over ranks
+    hidden, extra = layer_inputs(model, layers, (input_kwargs(model, b) for _, b in batches))
     subsets = ROLES_SEQUENTIAL if cfg.true_sequential else ROLES_TOGETHER
     modules = []
     for li in bar(range(len(layers)), desc="GPTQ layers", unit="layer"):
@@ -273,8 +295,9 @@ def _quantize_layer_(layer: nn.Module, li: int, hidden: list[torch.Tensor], extr
             replay = _Replay(layer.get_submodule(attention))  # records during this pass, serves later ones
         with ctx:
             hess = _collect_hessians(layer, groups, hidden, extra[li])
-        for paths, h in zip(groups, hess):
-            modules += _solve_group_(layer, paths, h, cfg, li)
+        owners = dist.owners([h.sum.shape[0] ** 2 * len(paths) for paths, h in zip(groups, hess)])
+        for paths, h, owner in zip(groups, hess, owners):
+            modules += _solve_group_(layer, paths, h.reduced_(owner), cfg, li, owner)
         del hess
         trim_heap()
     if advance:  # the quantized layer's output feeds the next layer
