@@ -34,6 +34,7 @@ def recipe_dict(recipe) -> dict:
 def oneshot(model, recipe, dataset=None, output_dir: str | Path | None = None, *, tokenizer=None,
             **overrides) -> dict:
     """Run `recipe` on `model` and return its report (report.json's content, plus `outputs`: where things went).
+    Under torchrun every rank calls it; rank 0 writes and returns the report, the others return {"outputs": ...}.
 
     model: a transformers model object (with `tokenizer`, or its name_or_path's), a hub id, a folder, a .gguf
         file or "default". A model object is used as it is (its device and dtype) and left unchanged: the
@@ -70,6 +71,8 @@ def oneshot(model, recipe, dataset=None, output_dir: str | Path | None = None, *
     parsed = validate_recipe(raw, source="oneshot recipe")
     summary = run(parsed, source=recipe if isinstance(recipe, str | Path) and Path(recipe).is_file() else None,
                   model=given, data=data, tokenizer=tokenizer if given is None else None)
+    if summary.get("rank"):  # under torchrun, a rank other than 0: it wrote nothing, rank 0 returns the report
+        return {"outputs": summary}
     report = json.loads((Path(summary["output_dir"]) / "report.json").read_text(encoding="utf-8"))
     report["outputs"] = summary
     return report

@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             overrides = args.overrides + ([f"stage={args.stage}"] if args.stage else [])
             recipe = load_recipe(args.recipe, overrides)
             if args.dry_run:
-                print(dump_recipe(recipe) + "\n# stages\n" + "\n".join(dry_run(recipe, resolve_recipe(args.recipe))))
+                lines = dry_run(recipe, resolve_recipe(args.recipe))
+                if dist.env_rank() == 0:  # under torchrun, once
+                    print(dump_recipe(recipe) + "\n# stages\n" + "\n".join(lines))
                 return 0
             summary = run(recipe, source=resolve_recipe(args.recipe))
         except SmoothQuantError as e:
