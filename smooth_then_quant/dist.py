@@ -33,9 +33,20 @@ TRAFFIC: dict[str, int] = {}  # payload bytes this rank sent or received in coll
 STAGE = ["-"]  # the stage the pipeline is in (pipeline sets it), for TRAFFIC
 
 
+FAILED_KEY = "smooth_then_quant/failed"  # the first failing rank's one-line error, for rank 0 to report
+
+
 def _count(nbytes: int) -> None:
     TRAFFIC[STAGE[0]] = TRAFFIC.get(STAGE[0], 0) + int(nbytes)
-FAILED_KEY = "smooth_then_quant/failed"  # the first failing rank's one-line error, for rank 0 to report
+
+
+def _via_gpu(t: torch.Tensor) -> bool:
+    """nccl moves CUDA tensors only: a CPU tensor visits this rank's GPU for the collective."""
+    return dist.get_backend() == "nccl" and not t.is_cuda
+
+
+def _gpu(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.device("cuda", torch.cuda.current_device()))
 
 
 def launched() -> bool:
@@ -126,13 +137,9 @@ def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
     if not active():
         return t
     _count(t.numel() * t.element_size())
-    if dist.get_backend() == "nccl" and not t.is_cuda:
-        out = t.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.all_reduce(out, op)
-        return out.to(t.device)
-    out = t.clone()
+    out = _gpu(t) if _via_gpu(t) else t.clone()
     dist.all_reduce(out, op)
-    return out
+    return out.to(t.device)
 
 
 def sum64(t: torch.Tensor) -> torch.Tensor:
@@ -172,12 +179,10 @@ def broadcast_(tensors: list[torch.Tensor], src: int) -> None:
         return
     for t in tensors:
         _count(t.numel() * t.element_size())
-        if dist.get_backend() == "nccl" and not t.is_cuda:
-            g = t.to(torch.device("cuda", torch.cuda.current_device()))
-            dist.broadcast(g, src)
+        g = _gpu(t) if _via_gpu(t) else t
+        dist.broadcast(g, src)
+        if g is not t:
             t.copy_(g)
-        else:
-            dist.broadcast(t, src)
 
 
 def reduce_sum64(t: torch.Tensor, dst: int) -> torch.Tensor:
@@ -186,12 +191,9 @@ def reduce_sum64(t: torch.Tensor, dst: int) -> torch.Tensor:
     if not active():
         return t
     _count(t.numel() * t.element_size())
-    if dist.get_backend() == "nccl" and not t.is_cuda:
-        g = t.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.reduce(g, dst, dist.ReduceOp.SUM)
-        return g.to(t.device)
-    dist.reduce(t, dst, dist.ReduceOp.SUM)
-    return t
+    g = _gpu(t) if _via_gpu(t) else t
+    dist.reduce(g, dst, dist.ReduceOp.SUM)
+    return g.to(t.device)
 
 
 def broadcast_from(tensors: list[torch.Tensor] | None, src: int) -> list[torch.Tensor]:
@@ -206,16 +208,12 @@ def broadcast_from(tensors: list[torch.Tensor] | None, src: int) -> list[torch.T
         if rank() == src:
             t = tensors[i].contiguous()
         else:
-            device = torch.device("cuda", torch.cuda.current_device()) if kind == "cuda" else torch.device("cpu")
-            t = torch.empty(shape, dtype=dtype, device=device)
+            t = torch.empty(shape, dtype=dtype)
+            t = _gpu(t) if kind == "cuda" else t
         _count(t.numel() * t.element_size())
-        if dist.get_backend() == "nccl" and not t.is_cuda:
-            g = t.to(torch.device("cuda", torch.cuda.current_device()))
-            dist.broadcast(g, src)
-            t = g.cpu()
-        else:
-            dist.broadcast(t, src)
-        out.append(t)
+        g = _gpu(t) if _via_gpu(t) else t
+        dist.broadcast(g, src)
+        out.append(g.to(t.device))
     return out
 
 
@@ -262,7 +260,7 @@ def report_failure(message: str) -> None:
         return
     try:
         if not _store().check([FAILED_KEY]):
-            _store().set(FAILED_KEY, f"rank {os.environ.get('RANK', '?')}: {message}")
+            _store().set(FAILED_KEY, f"rank {env_rank()}: {message}")
     except Exception:  # the store is gone (torchrun already stopping): the rank's own stderr still has the line
         pass
 

@@ -114,15 +114,18 @@ def check(recipe: Recipe, config=None, given_data: bool = False) -> None:
             raise SmoothQuantError(f"export.quantized.format {q.format} cannot hold scheme '{q.scheme}' {why}.")
 
 
+def _repairs(recipe: Recipe) -> bool:
+    """Whether the run trains the LoRA repair (the recipe's smoothing, or the paper state's)."""
+    paper = _quantizes(recipe) and "paper" in compared_states(recipe) and recipe.quantization.paper.repair.enabled
+    return bool((recipe.smoothing.repair.enabled and _smooths(recipe)) or paper)
+
+
 def check_distributed(recipe: Recipe) -> None:
     """Under torchrun: what this version runs on one process only, refused before any process starts work."""
     why = []
     if _quantizes(recipe) and recipe.evaluation.tasks:
         why.append("evaluation.tasks (lm-eval scores the whole model in one process)")
-    repairs = [recipe.smoothing.repair.enabled and _smooths(recipe)]
-    if _quantizes(recipe) and "paper" in compared_states(recipe):
-        repairs.append(recipe.quantization.paper.repair.enabled)
-    if any(repairs):
+    if _repairs(recipe):
         why.append("the LoRA repair (its training runs in one process)")
     if _quantizes(recipe) and recipe.quantization.gptq_backend == "gptqmodel":
         why.append("quantization.gptq_backend: gptqmodel (GPTQModel runs its own loop)")
@@ -138,10 +141,7 @@ def optional_needs(recipe: Recipe) -> list[tuple[str, str, str]]:
     needs = []
     if recipe.analysis.plots:
         needs.append(("matplotlib", "plots", "analysis.plots: true"))
-    repairs = [recipe.smoothing.repair.enabled and _smooths(recipe)]
-    if _quantizes(recipe) and "paper" in compared_states(recipe):
-        repairs.append(recipe.quantization.paper.repair.enabled)
-    if any(repairs):
+    if _repairs(recipe):
         needs.append(("peft", "repair", "the LoRA repair (repair.enabled: true)"))
     if _quantizes(recipe) and recipe.quantization.gptq_backend == "gptqmodel":
         needs.append(("gptqmodel", "gptq", "quantization.gptq_backend: gptqmodel (or set it to builtin)"))

@@ -96,6 +96,11 @@ class Run:
     given_tokenizer: object = None  # the Python API's tokenizer for a model loaded by name (oneshot)
     writes: bool = True  # False on torchrun's ranks other than 0: they compute their share, rank 0 writes
 
+    @property
+    def draws(self) -> bool:
+        """Plots are drawn: the recipe asks for them and this process writes."""
+        return self.recipe.analysis.draws and self.writes
+
 
 def _smoothing_parts(sm: SmoothingConfig) -> list[str]:
     return [p for iv in sm.active() for p in iv.describe(sm.section(iv.name))] or \
@@ -149,7 +154,8 @@ def run_load(run: Run) -> None:
     why = whole_model_needed(r) if r.load.stream else None
     if why:
         log.info("loading the model whole: %s", why)
-    run.loaded = load_model(r.model, dtype=r.load.dtype, device=dist.local_device(r.load.device), trust_remote_code=r.load.trust_remote_code,
+    run.loaded = load_model(r.model, dtype=r.load.dtype, device=dist.local_device(r.load.device),
+                            trust_remote_code=r.load.trust_remote_code,
                             revision=r.load.revision, stream=r.load.stream and why is None,
                             offload_dir=r.resources.offload_dir or str(run.out),
                             max_memory=None if r.resources.max_memory is None else size_bytes(r.resources.max_memory),
@@ -181,7 +187,7 @@ def run_analyze(run: Run) -> None:
     run.report.update({"tool": {"name": "smooth-then-quant", "version": __version__},
                        "recipe": r.model_dump(mode="json"), "model": loaded.provenance, "data": data,
                        "timing": run.timing, "analysis": run.analysis.to_dict()})
-    run.plots += write_plots(run.analysis, run.out) if r.analysis.draws and run.writes else []
+    run.plots += write_plots(run.analysis, run.out) if run.draws else []
     report = run.report
     report["plots"] = run.plots
     for key in ("massive_activations", "channel_outliers", "gamma_outliers", "otc"):
@@ -241,7 +247,7 @@ def run_smooth(run: Run) -> None:
         s["removed"] = removed_share(states[0], s)
     run.smoothing = SmoothingResult(plan, smoothed, states, {d: cache.windows(tok, d, ev)[1] for d in ev.datasets})
     run.report["smoothing"] = run.smoothing.to_dict()
-    if r.analysis.draws and run.writes:
+    if run.draws:
         run.plots.append(plot_smoothing(states, run.out / "smoothing_effect.png").name)
     plan.save(run.out / PLAN_FILE)
     run.markdown.append(render_smoothing(run.report))
@@ -337,7 +343,7 @@ def run_quantize(run: Run) -> None:
     shutil.rmtree(run.out / ".lm-eval", ignore_errors=True)  # the built task data
     run.report["quantization"] = run.quantization.to_dict()
     run.timing["quantization_seconds"] = round(time.perf_counter() - t0, 1)
-    if r.analysis.draws and run.writes:
+    if run.draws:
         run.plots.append(plot_quantization(run.report["quantization"], run.out / "quantization.png").name)
     run.markdown.append(render_quantization(run.report))
 

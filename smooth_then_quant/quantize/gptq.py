@@ -168,7 +168,7 @@ class Hessian:
         """[in, in] float32, as GPTQ solves with it."""
         return (self.sum * (2 / self.n)).float()
 
-    def reduced_(self, owner: int) -> None:
+    def reduced_(self, owner: int) -> Hessian:
         """Under torchrun: every rank's sum and count, added on rank `owner` (the one that solves). -> self."""
         if dist.active():
             n = dist.sum64(torch.tensor([float(self.n)], device=self.sum.device))
