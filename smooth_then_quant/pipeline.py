@@ -27,7 +27,8 @@ from .load import LoadedModel
 from .load.model import IN_MEMORY, model_config, resolve_source
 from .output import Interrupted, OutputDir, check_output_path
 from .recipe import Recipe
-from .stages import (Run, compared_states, describe_analyze, describe_load, describe_paper, describe_quantize,
+from .results import Run
+from .stages import (compared_states, describe_analyze, describe_load, describe_paper, describe_quantize,
                      describe_smooth, exports, push, run_analyze, run_export, run_load, run_paper, run_quantize,
                      run_report, run_smooth)
 

@@ -1,6 +1,6 @@
 """The stages of a recipe run, each a `describe` (what --dry-run prints) and a `run` (what it does).
 
-pipeline.py lists them once; the run and --dry-run walk that one list. Stages share a `Run`; what
+pipeline.py lists them once; the run and --dry-run walk that one list. Stages share a `Run` (results.py); what
 a stage produces is typed (SmoothingResult, QuantizationResult), and report.json is built from it.
 """
 from __future__ import annotations
@@ -9,12 +9,11 @@ import gc
 import shutil
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SmoothQuantError
-from .detect import Analysis, analyze
-from .evaluate import FP, PerplexityCache, degradation_rows
+from .detect import analyze
+from .evaluate import FP, degradation_rows
 from .evaluate.lmeval import accuracies
 from .evaluate.evidence import ppl_change, removed_share, state_evidence
 from .export import PLAN_FILE, save_quantized, save_smoothed
@@ -22,10 +21,11 @@ from .export.card import portable
 from .export.hub import push_folder
 from . import dist
 from .io import write_json
-from .load import LoadedModel, calibration_windows, load_model, size_bytes
+from .load import calibration_windows, load_model, size_bytes
 from .quantize import Scheme, detach_act_quant_, quantize_
 from .quantize.scheme import weight_key
 from .recipe import Recipe
+from .results import Compared, QuantizationResult, Run, SmoothingResult
 from .report import render_analysis, write_plots
 from .report.card import write_model_card
 from .report.quantization import plot_quantization, render_quantization
@@ -34,72 +34,6 @@ from .smooth import SmoothingConfig, SmoothingPlan, clone_model, plan_smoothing,
 from .version import __version__
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Compared:
-    """One smoothing state of the table: the model in that state, what was done, and its plan."""
-    model: object
-    description: str
-    plan: SmoothingPlan | None
-
-
-@dataclass
-class SmoothingResult:
-    plan: SmoothingPlan
-    model: object  # the smoothed copy
-    states: list[dict]  # evidence: baseline, each intervention alone, combined
-    evaluation: dict  # the perplexity protocol per dataset
-
-    def to_dict(self) -> dict:
-        return {"plan": self.plan.to_dict(), "states": self.states, "evaluation": self.evaluation}
-
-
-@dataclass
-class QuantizationResult:
-    datasets: list[str]
-    rows: list[dict]
-    schemes: list[dict]
-    states: dict[str, str]  # state -> what was done
-    weights: dict[str, dict]  # "state / schemes" -> the weight quantization report
-    evaluation: dict
-    export: dict | None = None  # the exported cell: scheme, state, format
-    written: bool = False  # the cell's checkpoint is in output_dir/quantized (written when it was measured)
-    tasks: list[str] = field(default_factory=list)  # lm-eval tasks: each row's `accuracy`
-
-    def to_dict(self) -> dict:
-        return {"datasets": self.datasets, **({"tasks": self.tasks} if self.tasks else {}), "rows": self.rows,
-                "schemes": self.schemes, "states": self.states,
-                **({"export": self.export} if self.export else {}), "weights": self.weights,
-                "evaluation": self.evaluation}
-
-
-@dataclass
-class Run:
-    """What the stages share while a recipe runs into the (temporary) output folder `out`."""
-    recipe: Recipe
-    out: Path
-    loaded: LoadedModel | None = None
-    ids: object = None  # calibration windows [N, T]
-    analysis: Analysis | None = None
-    cache: PerplexityCache = field(default_factory=PerplexityCache)
-    smoothing: SmoothingResult | None = None
-    compared: dict[str, Compared] = field(default_factory=dict)
-    quantization: QuantizationResult | None = None
-    report: dict = field(default_factory=dict)
-    markdown: list[str] = field(default_factory=list)
-    plots: list[str] = field(default_factory=list)
-    exported: dict[str, str] = field(default_factory=dict)  # what -> folder (relative to out)
-    timing: dict = field(default_factory=dict)
-    given_model: LoadedModel | None = None  # the Python API's model object (oneshot), used instead of loading
-    given_data: object = None  # the Python API's calibration data in memory (texts, conversations, a Dataset)
-    given_tokenizer: object = None  # the Python API's tokenizer for a model loaded by name (oneshot)
-    writes: bool = True  # False on torchrun's ranks other than 0: they compute their share, rank 0 writes
-
-    @property
-    def draws(self) -> bool:
-        """Plots are drawn: the recipe asks for them and this process writes."""
-        return self.recipe.analysis.draws and self.writes
 
 
 def _smoothing_parts(sm: SmoothingConfig) -> list[str]:
