@@ -29,7 +29,9 @@ STAGES = ["load", "analyze", "smooth", "paper", "quantize", "export", "report"]
 
 def run(world: int, work: Path) -> dict:
     out = work / f"ws{world}"
-    sets = [f"output_dir={out}", "overwrite=true"]
+    # the quickstart's 4 evidence windows are one batch of 4: not shardable over 2 processes (refused up front);
+    # 8 at both world sizes
+    sets = [f"output_dir={out}", "overwrite=true", "evaluation.evidence_samples=8"]
     args = ["quickstart", "-q", *[a for s in sets for a in ("--set", s)]]
     launch = [sys.executable, "-m", "smooth_then_quant"] if world == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}", "-m",
@@ -53,7 +55,9 @@ def main() -> None:
              f"_Command: `python bench/distributed.py`; {platform.machine()}, {os.cpu_count()} CPU cores, torch "
              f"{torch.__version__}, {datetime.datetime.now():%Y-%m-%d %H:%M}. World size 1: one process, "
              "OMP_NUM_THREADS=1; world size 2: `torchrun --standalone --nproc-per-node 2 -m smooth_then_quant "
-             "quickstart` (gloo), one thread per rank. One after the other on the same machine._", ""]
+             "quickstart` (gloo), one thread per rank; both with `--set evaluation.evidence_samples=8` (the preset's 4 "
+             "evidence windows are one batch, which two processes cannot share). One after the other on the same "
+             "machine._", ""]
     bad = {w: r for w, r in runs.items() if "error" in r}
     if bad:
         lines += [f"- world size {w} failed: `{r['error'][-800:]}`" for w, r in bad.items()]

@@ -51,7 +51,7 @@ def _gpu(t: torch.Tensor) -> torch.Tensor:
 
 def launched() -> bool:
     """True when this process was started by torchrun (or another launcher setting WORLD_SIZE) with more than one."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return env_world_size() > 1
 
 
 def active() -> bool:
@@ -99,6 +99,11 @@ def init(device: str, choice: str = "auto", timeout_s: float = 1800) -> None:
 
 def backend() -> str | None:
     return dist.get_backend() if active() else None
+
+
+def env_world_size() -> int:
+    """The number of processes torchrun started (1 in a plain process), known before the process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def env_rank() -> int:

@@ -135,6 +135,20 @@ def check_distributed(recipe: Recipe) -> None:
     if why:
         raise SmoothQuantError("under torchrun this run cannot use " + "; ".join(why) + ": run it as one process "
                                "(smooth-quant RECIPE), or turn those off.")
+    world, cal = dist.env_world_size(), recipe.calibration
+    shares = [("calibration.samples", cal.samples, "calibration.batch_size", cal.batch_size)]
+    if _smooths(recipe):  # the evidence probe of every state
+        shares.append(("evaluation.evidence_samples", min(recipe.evaluation.evidence_samples, cal.samples),
+                       "calibration.batch_size", cal.batch_size))
+    if _quantizes(recipe):  # GPTQ's Hessians and the static A8 ranges
+        shares.append(("calibration.samples", cal.samples, "quantization.batch_size", recipe.quantization.batch_size))
+    for key, n, per, size in shares:
+        batches = -(-n // size)
+        if batches < world:  # batches go to processes whole (the same numbers at any world size): one each at least
+            raise SmoothQuantError(
+                f"{key} {n} in batches of {size} ({per}) make {batches} batch(es) for {world} processes; every process "
+                f"needs one: set {key} to at least {size * world} (--set {key}={size * world})"
+                + (f" or {per} to at most {n // world}" if n >= world else "") + ", or start fewer processes.")
 
 
 def optional_needs(recipe: Recipe) -> list[tuple[str, str, str]]:

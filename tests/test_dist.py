@@ -74,3 +74,21 @@ def test_a_plain_process_is_world_size_one():
     t = torch.tensor([1.0, -2.0])
     assert dist.sum64(t).dtype == torch.float64 and torch.equal(dist.amax(t), t)
     assert dist.gather("x") == ["x"] and dist.mine([1, 2]) == [1, 2]
+
+
+def test_a_preset_that_leaves_a_process_without_a_batch_is_refused_before_any_work(monkeypatch):
+    """Regression (bench/distributed.py, world size 2): the quickstart's evidence_samples 4 in batches of 4 is one batch;
+    rank 1 failed minutes into the run. Now check() names the key and the value that works, before any work."""
+    import pytest
+
+    from smooth_then_quant.errors import SmoothQuantError
+    from smooth_then_quant.pipeline import check
+    from smooth_then_quant.recipe import load_recipe
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SmoothQuantError, match=r"evaluation.evidence_samples 4 in batches of 4 \(calibration.batch_size\) "
+                                               r"make 1 batch\(es\) for 2 processes.*--set evaluation.evidence_samples=8"):
+        check(load_recipe("quickstart", ["output_dir=/tmp/unused", "analysis.plots=false"]))
+    check(load_recipe("quickstart", ["output_dir=/tmp/unused", "analysis.plots=false", "evaluation.evidence_samples=8"]))
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    with pytest.raises(SmoothQuantError, match=r"calibration.samples 16 in batches of 4 \(calibration.batch_size\) make 4"):
+        check(load_recipe("quickstart", ["output_dir=/tmp/unused", "analysis.plots=false", "evaluation.evidence_samples=8"]))

@@ -207,6 +207,10 @@ def test_an_analysis_run_streams_a_float_folder_and_reports_the_same_analysis(tm
     whole = analyze(loaded.model, ids, AnalysisConfig(), batch_size=4).to_dict()
     assert json.loads(json.dumps(whole)) == report["analysis"]
     assert (out / "report.md").is_file() and (out / "top_activations.png").is_file()
+    att = report["analysis"]["attention"]  # x6/x7, streamed like every other point
+    assert len(att["per_layer"]) == report["analysis"]["num_layers"] and (out / "attention.png").is_file()
+    md = (out / "report.md").read_text()
+    assert "## Attention: scores (x6), softmax (x7), sinks" in md and "![attention.png](attention.png)" in md
 
 
 def test_an_export_with_runtime_hooks_is_analysed_whole(tmp_path, tiny_folder):

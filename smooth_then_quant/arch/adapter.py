@@ -3,13 +3,14 @@
 Figure 2 of the paper names the activations of one decoder layer:
 
     attention block   x1 (block input, residual stream) -> norm -> x2 -> W_q, W_k, W_v -> x3, x4, x5
-                      -> (x6 = q·kᵀ, x7 = softmax: not module boundaries, not tapped)
+                      -> x6 = q·kᵀ (scores), x7 = softmax (probabilities): inside the attention kernel
+                         (probe/attention.py taps them at transformers' attention interface, not by a module hook)
                       -> x8 (input of W_o) -> x9 (output of W_o) -> + residual
     gated MLP         y1 (block input) -> norm -> y2 -> W_gate -> y3, W_up -> y4, act(y3) -> y5
                       -> y6 = y5 * y4 (input of W_down) -> y7 (output of W_down) -> + residual
     plain MLP (GPT-2) y1 -> norm -> y2 -> W_fc -> y3 -> act -> y4 (input of W_proj) -> y5 -> + residual
 
-Every point is a module's input or output (a `Tap`), so one forward hook reads it.
+Every other point is a module's input or output (a `Tap`), so one forward hook reads it.
 Everything that differs between families is in the `ArchAdapter` values of
 `families.py`; code elsewhere never looks at module names or classes.
 """
@@ -125,6 +126,11 @@ class ArchAdapter:
     def point_names(self) -> tuple[str, ...]:
         """Mapped points in dataflow order."""
         return tuple(p for p in self.flow if p in self.points)
+
+    @property
+    def attention(self) -> str:
+        """Path of the attention module inside a layer (x6 and x7 are computed in it): W_o's parent."""
+        return self.points["x9"].module.rpartition(".")[0]
 
     def block_of(self, point: str) -> Block:
         return "attention" if point.startswith("x") else "mlp"

@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from ..arch import adapter_for, resident
 from ..load.stream import streamed_model
 from ..probe import MassiveRule, ProbeConfig, ProbeResult, probe_model
 from ..schema import Config
+from .attention import SinkRule, attention_outliers
 from .channels import ChannelRule, channel_outliers, gamma_outliers
 from ..extras import available
 from .massive import MassiveActivation, cancellations, find_massive, massive_families, summarize_massive
@@ -27,6 +28,8 @@ class AnalysisConfig(Config):
     massive: MassiveRule = MassiveRule()
     channel: ChannelRule = ChannelRule()
     top_k: int = Field(10, ge=3, le=10_000, description="values kept per point and window")
+    attention: bool = True  # x6/x7: tap the attention kernel (scores, sink mass, entropy per head)
+    sink: SinkRule = SinkRule()
     plots: bool | None = None  # None: when matplotlib (the [plots] extra) is installed; true: required
 
     @property
@@ -42,6 +45,7 @@ class Analysis:
     channel_outliers: dict[str, dict[int, list[int]]]  # point -> layer -> channels
     gamma_outliers: dict[str, dict[int, dict]]  # norm output point -> layer -> {channels, gamma, ...}
     otc: dict[str, dict[int, list[int]]]  # x3/x4/x5 -> layer -> rows
+    attention: dict = field(default_factory=dict)  # attention_outliers(): per layer, sink heads, families
 
     def top_abs(self, point: str, k: int = 3) -> list[list[float]]:
         """Per layer, the k largest |a| at a point (the paper's Figures 4/5 use x1)."""
@@ -70,7 +74,8 @@ class Analysis:
             "architecture": r.adapter.family,
             "num_layers": r.num_layers,
             "points": list(r.adapter.point_names),
-            "rules": {"massive": self.config.massive.model_dump(), "channel": self.config.channel.model_dump()},
+            "rules": {"massive": self.config.massive.model_dump(), "channel": self.config.channel.model_dump(),
+                      **({"sink": self.config.sink.model_dump()} if self.attention else {})},
             "massive_activations": summarize_massive(self.massive),
             "massive_families": massive_families(self.massive),
             "cancellations": self.cancellations(),
@@ -83,6 +88,7 @@ class Analysis:
             "top_abs": {p: self.top_abs(p) for p in r.adapter.point_names},
             "median_abs": {p: [r.at(li, p).median_abs for li in range(r.num_layers)] for p in r.adapter.point_names},
             "massive_overflow": sum(s.massive_overflow for s in r.stats.values()),
+            **({"attention": self.attention} if self.attention else {}),
         }
 
 
@@ -120,7 +126,8 @@ def assemble(result: ProbeResult, config: AnalysisConfig, per_layer: list[tuple[
     gammas = {site.output_point: {li: g[site.output_point] for li, (g, _) in enumerate(per_layer)
                                   if site.output_point in g} for site in adapter.norm_sites()}
     otc = {p: {li: o[p] for li, (_, o) in enumerate(per_layer) if p in o} for p in adapter.qkv}
-    return Analysis(result, config, find_massive(result, config.massive), cos, gammas, otc)
+    massive = find_massive(result, config.massive)
+    return Analysis(result, config, massive, cos, gammas, otc, attention_outliers(result, massive, config.sink))
 
 
 def detect_outliers(result: ProbeResult, model: nn.Module, config: AnalysisConfig = AnalysisConfig()) -> Analysis:
@@ -137,7 +144,8 @@ def analyze(model: nn.Module, input_ids: torch.Tensor, config: AnalysisConfig = 
     """Probe `model` on input_ids: [samples, seq_len] and detect MAs, channel outliers, γ outliers, OTCs. The
     weight-based detectors run on each layer while the probe has it resident (a streamed model reads it once)."""
     adapter_for(model)  # fail before the pass on an unsupported architecture
-    probe = ProbeConfig(batch_size=batch_size, top_k=config.top_k, massive=config.massive)
+    probe = ProbeConfig(batch_size=batch_size, top_k=config.top_k, massive=config.massive, attention=config.attention,
+                        sink_floor=config.sink.share)
     per_layer = []
     result = probe_model(model, input_ids, probe, after_layer=lambda li, layer, partial: per_layer.append(
         layer_weight_outliers(li, layer, partial, config.channel)))

@@ -3,7 +3,8 @@
 For one model state: float perplexity on every evaluation dataset, and from a probe pass on
 the same calibration windows, per layer: massive activations in the residual stream (x1, y1)
 and at projection inputs (x2, x8, y2, y6: what activation quantization sees), the top-3 |x1|
-(the paper's Figure 4 right), the largest |a| at projection inputs, and channel-wise outliers.
+(the paper's Figure 4 right), the largest |a| at projection inputs, channel-wise outliers, and the attention
+sink's share of the attention and the largest score (x7, x6).
 """
 from __future__ import annotations
 
@@ -33,7 +34,18 @@ def outlier_profile(analysis: Analysis) -> dict:
         "channel_outliers": [sum(co[p][li] for p in co) for li in range(n)],
         "channel_outliers_linear_inputs": [sum(co[p][li] for p in lin) for li in range(n)],
         "channel_outliers_total": sum(sum(v) for v in co.values()),
+        **attention_profile(analysis.attention),
     }
+
+
+def attention_profile(attention: dict) -> dict:
+    """x6/x7 of a state, per layer: the attention share the sink takes (mean over heads of the largest mean key
+    share) and the largest score; the number of sink heads. Empty when the attention was not tapped."""
+    if not attention:
+        return {}
+    per = attention["per_layer"]
+    return {"sink_mass": [x["sink_mass"] for x in per], "max_score": [x["max_score"] for x in per],
+            "sink_heads": len(attention["sink_heads"])}
 
 
 def state_evidence(name: str, model: nn.Module, tokenizer, evidence_ids: torch.Tensor, datasets: list[str],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -12,6 +12,8 @@ from pydantic import Field
 from .. import dist
 from ..arch import ArchAdapter, adapter_for, take_part, walk
 from ..schema import Config
+from .attention import attention_taps, untapped_error
+from .attention_stats import AttentionAccumulator, AttentionStats, merge_attention
 from .stats import PointAccumulator, PointStats, first_shift, merge, release_workspace
 
 
@@ -29,6 +31,8 @@ class ProbeConfig(Config):
     top_k: int = Field(10, ge=1, le=10_000, description="values kept per point and window")  # largest |a| kept per point
     massive: MassiveRule = MassiveRule()  # the loosest rule recorded (detect applies its own, stricter or equal)
     max_records: int = Field(20000, ge=1, le=100_000_000, description="each record is kept in memory")  # massive-activation elements kept per point (all are counted)
+    attention: bool = Field(True, description="x6/x7: per-head scores, sink mass, entropy")  # tap the attention kernel
+    sink_floor: float = Field(0.2, gt=0, le=1, description="a window's attention share that makes a key a sink record")
 
 
 @dataclass
@@ -39,6 +43,7 @@ class ProbeResult:
     seq_len: int
     stats: dict[tuple[int, str], PointStats]
     config: ProbeConfig
+    attention: dict[int, AttentionStats] = field(default_factory=dict)  # layer -> x6/x7 statistics
 
     def at(self, layer: int, point: str) -> PointStats:
         return self.stats[(layer, point)]
@@ -92,6 +97,8 @@ class Recorder:
         self.config, self.batch = config, _Batch()
         self.acc: dict[tuple[int, str], PointAccumulator] = {}
         self.stats: dict[tuple[int, str], PointStats] = {}
+        self.attn_acc: dict[int, AttentionAccumulator] = {}
+        self.attention: dict[int, AttentionStats] = {}
 
     def __call__(self, li: int, point: str, t: torch.Tensor) -> None:
         c = self.config
@@ -106,6 +113,14 @@ class Recorder:
         b = self.batch
         a.update(x, b.seq_len, b.sample_offset, b.token_ids, tuple(t.shape))
 
+    def attend(self, li: int, q: torch.Tensor, k: torch.Tensor, mask, extra: dict) -> None:
+        """The attention tap's callback: q [B, H, T, D], k [B, KV, S, D] of layer li's kernel call."""
+        c = self.config
+        a = self.attn_acc.get(li)
+        if a is None:
+            a = self.attn_acc[li] = AttentionAccumulator(q.shape[1], c.top_k, c.sink_floor, c.max_records)
+        a.update(q, k, mask, extra, self.batch.sample_offset, self.batch.token_ids)
+
     def running(self, sample_offset: int, ids: torch.Tensor) -> None:
         self.batch.sample_offset, self.batch.seq_len, self.batch.token_ids = sample_offset, ids.shape[1], ids
 
@@ -113,10 +128,13 @@ class Recorder:
         """Turn the accumulators (of one layer, or all) into PointStats and free them; under torchrun, first merge
         every rank's accumulators of those points (one gather per layer), so every rank holds the same statistics."""
         keys = sorted(k for k in self.acc if layer is None or k[0] == layer)
-        mine = [self.acc.pop(k) for k in keys]
+        heads = sorted(li for li in self.attn_acc if layer is None or li == layer)
+        mine = ([self.acc.pop(k) for k in keys], [self.attn_acc.pop(li) for li in heads])
         ranks = dist.gather(mine)
         for i, key in enumerate(keys):
-            self.stats[key] = merge([r[i] for r in ranks]).finalize()
+            self.stats[key] = merge([r[0][i] for r in ranks]).finalize()
+        for i, li in enumerate(heads):
+            self.attention[li] = merge_attention([r[1][i] for r in ranks]).finalize()
 
     def result(self, adapter: ArchAdapter, num_layers: int, input_ids: torch.Tensor) -> ProbeResult:
         self.finalize()
@@ -124,7 +142,7 @@ class Recorder:
         if missing:
             raise RuntimeError(f"hooks never fired at {missing[:5]}... (adapter {adapter.family} does not "
                                f"match this model's modules)")
-        return ProbeResult(adapter, num_layers, *input_ids.shape, self.stats, self.config)
+        return ProbeResult(adapter, num_layers, *input_ids.shape, self.stats, self.config, self.attention)
 
 
 @torch.inference_mode()
@@ -136,14 +154,17 @@ def probe_model(model: nn.Module, input_ids: torch.Tensor, config: ProbeConfig =
     adapter = adapter_for(model)
     layers = adapter.decoder_layers(model)
     record = Recorder(config)
-    partial = ProbeResult(adapter, len(layers), *input_ids.shape, record.stats, config)
+    partial = ProbeResult(adapter, len(layers), *input_ids.shape, record.stats, config, record.attention)
+    attention = [layer.get_submodule(adapter.attention) for layer in layers] if config.attention else []
 
     def done(li, layer):
+        if config.attention and li not in tapped:
+            raise untapped_error([li], getattr(model.config, "_attn_implementation", None))
         record.finalize(li)
         if after_layer is not None:
             after_layer(li, layer, partial)
 
-    with hooks_at_points(model, adapter, record):
+    with hooks_at_points(model, adapter, record), attention_taps(attention, record.attend) as tapped:
         walk(model, input_ids, config.batch_size, before_batch=record.running, after_layer=done,
              desc="probe: layers")
     release_workspace()

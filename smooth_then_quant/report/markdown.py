@@ -37,8 +37,13 @@ def render_analysis(report: dict) -> str:
         "quantization range of a whole tensor. **γ outliers** are norm rescaling entries that create COs at x2/y2 "
         "(the standardized input has none there). **OTCs** are rows of W_q/W_k/W_v that create COs at x3/x4/x5 that the "
         "input does not explain.",
-        "- Points follow the paper's Figure 2: x1 layer input, x2 attention-norm output, x3/x4/x5 q/k/v, x8/x9 o-proj "
-        "input/output, y1 MLP input, y2 MLP-norm output, y3..y7 inside the MLP (y6 = down-projection input).",
+        "- Points follow the paper's Figure 2: x1 layer input, x2 attention-norm output, x3/x4/x5 q/k/v, x6 attention "
+        "scores q·kᵀ, x7 softmax, x8/x9 o-proj input/output, y1 MLP input, y2 MLP-norm output, y3..y7 inside the MLP "
+        "(y6 = down-projection input).",
+        "- **Attention outliers** (\"Systematic Outliers in Large Language Models\"): an **attention sink** is a key that "
+        "takes a large share of a head's attention (x7) in most windows. That study finds the sinks on the tokens that "
+        "carry massive activations; the attention section says, per sink head, how many of its sink keys carry one, "
+        "and per family whether the massive activation is born before the first sink on its token.",
         "",
         "## Massive-activation families",
         "",
@@ -85,6 +90,46 @@ def render_analysis(report: dict) -> str:
     lines += ["", "## Outlier-triggering channels (rows of W_q / W_k / W_v)", ""]
     rows = [[li, p, _short(r)] for p, by in a["otc"].items() for li, r in sorted(by.items(), key=lambda kv: int(kv[0]))]
     lines.append(_table(["layer", "point", "rows"], rows) if rows else "None found.")
+    lines += render_attention(a.get("attention"), rules.get("sink"))
     if report.get("plots"):
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
     return "\n".join(lines) + "\n"
+
+
+def render_attention(att: dict | None, rule: dict | None) -> list[str]:
+    """The attention section: x6/x7 per layer, the sink heads, and the sinks' link to the massive activations."""
+    lines = ["", "## Attention: scores (x6), softmax (x7), sinks", ""]
+    if not att:
+        return lines + ["Not measured (analysis.attention: false)."]
+    lines += [f"Sink rule: one key takes more than {rule['share']:g} of a head's attention in a window, in at least "
+              f"{100 * rule['windows']:g} % of the windows. Sink share: the largest mean share of any key position, "
+              f"averaged over the heads (a head attending uniformly gives the first key {att['uniform_share']:.4f} at "
+              "this window length); entropy in nats (mean over queries and heads).", ""]
+    lines.append(_table(["layer", "max score (head: query→key)", "sink heads", "sink share", "largest head share",
+                         "entropy"],
+                        [[x["layer"], f"{x['max_score']:.4g} (h{x['max_score_head']}: {x['max_score_at']['query']}→"
+                          f"{x['max_score_at']['key']})", f"{x['sink_heads']}/{att['heads']}", f"{x['sink_mass']:.4f}",
+                          f"{x['top_sink_share']:.4f}", f"{x['entropy']:.3f}"] for x in att["per_layer"]]))
+    heads = att["sink_heads"]
+    if heads:
+        top = sorted(heads, key=lambda h: -h["share"])[:12]
+        lines += ["", f"{len(heads)} sink heads; the {len(top)} strongest:", ""]
+        lines.append(_table(["layer", "head", "windows", "mean share", "key positions", "token ids",
+                             "sink keys carrying an MA"],
+                            [[h["layer"], h["head"], f"{100 * h['windows']:.0f} %", f"{h['share']:.3f}",
+                              _short(h["keys"]), _short(h["token_ids"]), f"{100 * h['on_massive']:.0f} %"]
+                             for h in top]))
+    else:
+        lines += ["", "No sink heads under this rule."]
+    fams = sorted((f for f in att["families"] if f["sink_heads"]), key=lambda f: (-f["sink_heads"], f["origin_layer"]))
+    if fams:
+        lines += ["", "Massive-activation families with sinks on their token (most sink heads first):", ""]
+        lines.append(_table(["family (origin, token)", "token id", "sink heads on it", "first sink layer",
+                             "MA born before the sink"],
+                            [[f"L{f['origin_layer']} {f['origin_point']}, token {f['token']}", f["token_id"],
+                              f["sink_heads"], f["first_sink_layer"], "yes" if f["born_before_sink"] else "no"]
+                             for f in fams[:12]]))
+    rest = len(att["families"]) - len(fams)
+    if rest:
+        lines += ["", f"{rest} massive-activation families have no sink head on their token in most windows."]
+    return lines

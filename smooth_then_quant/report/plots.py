@@ -84,7 +84,40 @@ def plot_outlier_counts(analysis, path: Path) -> Path:
     return path
 
 
+def plot_attention(analysis, path: Path) -> Path:
+    """x6/x7 across layers: the sink share (mean over heads and the largest head) and the number of sink heads
+    (left), the largest attention score (right); the layers where massive-activation families are born marked."""
+    att = analysis.attention
+    per = att["per_layer"]
+    layers = [x["layer"] for x in per]
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    ax = axes[0]
+    ax.plot(layers, [x["sink_mass"] for x in per], marker="o", ms=3, label="sink share, mean over heads")
+    ax.plot(layers, [x["top_sink_share"] for x in per], marker="^", ms=3, label="sink share, largest head")
+    ax.plot(layers, [x["sink_heads"] / att["heads"] for x in per], marker="s", ms=3, label="share of heads that sink")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("x7: attention taken by one key")
+    axes[1].plot(layers, [x["max_score"] for x in per], marker="o", ms=3, color="tab:purple", label="largest score")
+    axes[1].set_title("x6: largest attention score q·kᵀ")
+    born = sorted({f["origin_layer"] for f in att["families"]})
+    for a in axes:
+        for i, li in enumerate(born):
+            a.axvline(li, color="tab:red", ls=":", lw=1, label="MA family born" if i == 0 else None)
+        a.set_xlabel("layer")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.suptitle("Attention outliers: sinks and scores per layer")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_plots(analysis, folder: Path) -> list[str]:
-    return [p.name for p in (plot_top_activations(analysis, folder / "top_activations.png"),
-                             plot_channel_means(analysis, folder / "channel_means.png"),
-                             plot_outlier_counts(analysis, folder / "channel_outliers.png"))]
+    plots = [plot_top_activations(analysis, folder / "top_activations.png"),
+             plot_channel_means(analysis, folder / "channel_means.png"),
+             plot_outlier_counts(analysis, folder / "channel_outliers.png")]
+    if analysis.attention:
+        plots.append(plot_attention(analysis, folder / "attention.png"))
+    return [p.name for p in plots]

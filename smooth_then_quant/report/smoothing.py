@@ -34,9 +34,13 @@ def render_smoothing(report: dict) -> str:
               "Float perplexity and outlier counts for the unmodified model, each intervention alone and the "
               "combination. Massive activations (MA) are counted in the residual stream (x1, y1) and at "
               "projection inputs (x2, x8, y2, y6: what activation quantization sees); an exact migration leaves "
-              "the residual stream as it is by construction and shrinks what the projections read.", ""]
+              "the residual stream as it is by construction and shrinks what the projections read. The sink "
+              "columns are x7 and x6: the largest share of a head's attention one key takes (mean over heads, the "
+              "largest layer) and the largest attention score; an exact migration leaves both as they were.", ""]
+    sinks = "sink_mass" in states[0]
     header = ["state", *[f"PPL {d}" for d in datasets], "ΔPPL", "MA residual", "MA at proj. inputs",
-              "max \\|a\\| proj. inputs", "channel outliers", "CO at proj. inputs"]
+              "max \\|a\\| proj. inputs", "channel outliers", "CO at proj. inputs",
+              *(["sink share (x7)", "max score (x6)"] if sinks else [])]
     rows = []
     for s in states:
         ch = s.get("ppl_change")
@@ -44,7 +48,8 @@ def render_smoothing(report: dict) -> str:
                      "–" if ch is None else ", ".join(_pct(v) for v in ch.values()),
                      _count(s, "massive_residual"), _count(s, "massive_linear_inputs"),
                      f"{max(s['max_abs_linear_inputs']):.4g}", _count(s, "channel_outliers"),
-                     _count(s, "channel_outliers_linear_inputs")])
+                     _count(s, "channel_outliers_linear_inputs"),
+                     *([f"{max(s['sink_mass']):.4f}", f"{max(s['max_score']):.4g}"] if sinks else [])])
     lines.append(_table(header, rows))
     lines += ["", "Counts are summed over layers, with the share removed against the baseline in brackets. "
                   "Per-layer values are in `report.json` → `smoothing.states`.", ""]
@@ -73,12 +78,15 @@ def _layers(layers: list[int]) -> str:
 
 
 def plot_smoothing(states: list[dict], path: Path) -> Path:
-    """Per layer, for each state: top-1 |x1|, the largest |a| at projection inputs, channel outliers."""
+    """Per layer, for each state: top-1 |x1|, the largest |a| at projection inputs, channel outliers, and the
+    attention sink's share (when the attention was tapped)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     panels = (("top3_abs_x1", "largest |x1| (residual stream)", True),
               ("max_abs_linear_inputs", "largest |a| at projection inputs", True),
-              ("channel_outliers", "channel-wise outliers (all points)", False))
+              ("channel_outliers", "channel-wise outliers (all points)", False),
+              *((("sink_mass", "attention sink share (x7, mean over heads)", False),) if "sink_mass" in states[0]
+                else ()))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.3 * len(panels), 4.2))
     for ax, (key, title, log) in zip(axes, panels):
         for s, marker in zip(states, "os^vD<>p*h"):
             ys = [v[0] if v else 0 for v in s[key]] if key == "top3_abs_x1" else s[key]
