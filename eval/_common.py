@@ -52,7 +52,7 @@ def fmt(x: float) -> str:
     return "nan" if math.isnan(x) else f"{x:.4f}" if x < 1e4 else f"{x:.4g}"
 
 
-def header(title: str, args, ctx) -> list[str]:
+def header(title: str, args, ctx, perplexity: bool = True) -> list[str]:
     command = "python " + " ".join(map(shlex.quote, sys.argv))
     m = ctx["loaded"].provenance
     e = ctx["ecfg"]
@@ -61,8 +61,8 @@ def header(title: str, args, ctx) -> list[str]:
         f"- model: `{m['name']}` ({m['model_type']}, {m['dtype']}" + (f", sha256 `{m['sha256'][:12]}…`" if m.get("sha256") else "") + ")",
         f"- analysis: {args.samples} calibration windows × {args.seq_len} tokens of `{args.calibration}`, seed {args.seed}; "
         f"channel-outlier rule m = {args.m:g}, β = {args.beta:.3g}",
-        f"- perplexity: {', '.join(args.datasets)}; non-overlapping windows of {e.seq_len} tokens"
-        + (f", first {e.max_windows} windows" if e.max_windows else ", all windows"),
+        *([f"- perplexity: {', '.join(args.datasets)}; non-overlapping windows of {e.seq_len} tokens"
+           + (f", first {e.max_windows} windows" if e.max_windows else ", all windows")] if perplexity else []),
         f"- smooth-then-quant {__version__}, torch {torch.__version__}, {platform.machine()} CPU",
         f"- command: `{command}`", "",
     ]

@@ -29,6 +29,10 @@ def measure(folder: str) -> dict:
         "mean": s.mean, "std": s.std, "mean_ex": s.mean_ex, "std_ex": s.std_ex, "absmax": s.absmax,
         "count": s.count, "median_abs": s.median_abs, "top": s.top, "massive": [tuple(vars(r).values()) for r in s.massive],
         "calls": s.calls} for k, s in probe.stats.items()}
+    out["attention"] = {li: {"mean_share": a.mean_share, "entropy": a.entropy, "score_max": a.score_max,
+                             "score_max_at": a.score_max_at, "top": [t[1:] for t in a.top], "windows": a.windows,
+                             "sinks": [(r.sample, r.head, r.key, r.token_id) for r in a.sinks]}
+                        for li, a in probe.attention.items()}
     adapter = adapter_for(model)
     out["absmax"] = {f"{k[0]}.{k[1]}": v for k, v in collect_absmax(model, adapter, ids, {"y2", "y6"}, 2).items()}
     out["ranges"] = {k: torch.stack(v) for k, v in calibrate_ranges(model, ids, batch_size=1, progress=False).items()}

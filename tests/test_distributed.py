@@ -49,6 +49,13 @@ def test_every_reduced_statistic_equals_the_single_process_value(tmp_path):
         for f in ("count", "calls", "median_abs", "top", "massive"):  # pooled medians, merged top-k and records: exact
             assert b[f] == a[f], (key, f)
     assert any(one["probe"][k]["massive"] for k in one["probe"])  # the planted massive activation was seen
+    assert one["attention"].keys() == two["attention"].keys() == set(range(4))  # x6/x7, every layer
+    for li, a in one["attention"].items():
+        b = two["attention"][li]
+        for f in ("mean_share", "entropy", "score_max"):
+            assert _rel(b[f], a[f]) <= 1e-6, (li, f)
+        for f in ("score_max_at", "top", "windows", "sinks"):  # positions and records: exact
+            assert b[f] == a[f], (li, f)
     for what in ("absmax", "ranges"):
         assert one[what].keys() == two[what].keys() and all(_rel(two[what][k], one[what][k]) <= 1e-6 for k in one[what])
     assert _rel(two["nll"], one["nll"]) <= 1e-6 and two["nll"].shape == one["nll"].shape == (7,)

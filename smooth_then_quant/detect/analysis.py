@@ -21,6 +21,7 @@ from .channels import ChannelRule, channel_outliers, gamma_outliers
 from ..extras import available
 from .massive import MassiveActivation, cancellations, find_massive, massive_families, summarize_massive
 from .otc import outlier_triggering_channels
+from .weights import WeightRule, layer_weight_profile
 
 
 class AnalysisConfig(Config):
@@ -30,6 +31,7 @@ class AnalysisConfig(Config):
     top_k: int = Field(10, ge=3, le=10_000, description="values kept per point and window")
     attention: bool = True  # x6/x7: tap the attention kernel (scores, sink mass, entropy per head)
     sink: SinkRule = SinkRule()
+    weights: WeightRule = WeightRule()
     plots: bool | None = None  # None: when matplotlib (the [plots] extra) is installed; true: required
 
     @property
@@ -46,6 +48,7 @@ class Analysis:
     gamma_outliers: dict[str, dict[int, dict]]  # norm output point -> layer -> {channels, gamma, ...}
     otc: dict[str, dict[int, list[int]]]  # x3/x4/x5 -> layer -> rows
     attention: dict = field(default_factory=dict)  # attention_outliers(): per layer, sink heads, families
+    weights: dict[str, dict[int, dict]] = field(default_factory=dict)  # projection's output point -> layer -> entry
 
     def top_abs(self, point: str, k: int = 3) -> list[list[float]]:
         """Per layer, the k largest |a| at a point (the paper's Figures 4/5 use x1)."""
@@ -75,6 +78,7 @@ class Analysis:
             "num_layers": r.num_layers,
             "points": list(r.adapter.point_names),
             "rules": {"massive": self.config.massive.model_dump(), "channel": self.config.channel.model_dump(),
+                      "weights": self.config.weights.model_dump(),
                       **({"sink": self.config.sink.model_dump()} if self.attention else {})},
             "massive_activations": summarize_massive(self.massive),
             "massive_families": massive_families(self.massive),
@@ -85,6 +89,7 @@ class Analysis:
             "channel_outlier_counts": self.outlier_counts(),
             "gamma_outliers": {p: {str(li): g for li, g in by_layer.items()} for p, by_layer in self.gamma_outliers.items()},
             "otc": {p: {str(li): rows for li, rows in by_layer.items()} for p, by_layer in self.otc.items()},
+            "weight_outliers": {p: {str(li): e for li, e in by_layer.items()} for p, by_layer in self.weights.items()},
             "top_abs": {p: self.top_abs(p) for p in r.adapter.point_names},
             "median_abs": {p: [r.at(li, p).median_abs for li in range(r.num_layers)] for p in r.adapter.point_names},
             "massive_overflow": sum(s.massive_overflow for s in r.stats.values()),
@@ -92,10 +97,10 @@ class Analysis:
         }
 
 
-def layer_weight_outliers(li: int, layer: nn.Module, result: ProbeResult, rule: ChannelRule
-                          ) -> tuple[dict[str, dict], dict[str, list[int]]]:
+def layer_weight_outliers(li: int, layer: nn.Module, result: ProbeResult, rule: ChannelRule,
+                          weights: WeightRule = WeightRule()) -> tuple[dict[str, dict], dict[str, list[int]], dict]:
     """The detectors that read a layer's weights, for decoder layer `li` (resident now): its γ outliers
-    ({norm output point: entry}) and OTC rows ({x3/x4/x5: rows})."""
+    ({norm output point: entry}), OTC rows ({x3/x4/x5: rows}) and weight outliers ({projection point: entry})."""
     adapter = result.adapter
     gammas = {}
     for site in adapter.norm_sites():
@@ -112,7 +117,7 @@ def layer_weight_outliers(li: int, layer: nn.Module, result: ProbeResult, rule: 
                                            adapter.bias(layer, proj), rule)
         if rows:
             otc[p] = rows
-    return gammas, otc
+    return gammas, otc, layer_weight_profile(adapter, layer, weights)
 
 
 def assemble(result: ProbeResult, config: AnalysisConfig, per_layer: list[tuple[dict, dict]]) -> Analysis:
@@ -123,11 +128,13 @@ def assemble(result: ProbeResult, config: AnalysisConfig, per_layer: list[tuple[
         found = channel_outliers(result.at(li, p), config.channel)
         if found:
             cos[p][li] = found
-    gammas = {site.output_point: {li: g[site.output_point] for li, (g, _) in enumerate(per_layer)
+    gammas = {site.output_point: {li: g[site.output_point] for li, (g, *_) in enumerate(per_layer)
                                   if site.output_point in g} for site in adapter.norm_sites()}
-    otc = {p: {li: o[p] for li, (_, o) in enumerate(per_layer) if p in o} for p in adapter.qkv}
+    otc = {p: {li: o[p] for li, (_, o, _) in enumerate(per_layer) if p in o} for p in adapter.qkv}
+    weights = {p: {li: w[p] for li, (*_, w) in enumerate(per_layer)} for p in per_layer[0][2]} if per_layer else {}
     massive = find_massive(result, config.massive)
-    return Analysis(result, config, massive, cos, gammas, otc, attention_outliers(result, massive, config.sink))
+    return Analysis(result, config, massive, cos, gammas, otc, attention_outliers(result, massive, config.sink),
+                    weights)
 
 
 def detect_outliers(result: ProbeResult, model: nn.Module, config: AnalysisConfig = AnalysisConfig()) -> Analysis:
@@ -135,7 +142,7 @@ def detect_outliers(result: ProbeResult, model: nn.Module, config: AnalysisConfi
     per_layer = []
     for li in range(result.num_layers):
         with resident(model, li) as layer:
-            per_layer.append(layer_weight_outliers(li, layer, result, config.channel))
+            per_layer.append(layer_weight_outliers(li, layer, result, config.channel, config.weights))
     return assemble(result, config, per_layer)
 
 
@@ -148,7 +155,7 @@ def analyze(model: nn.Module, input_ids: torch.Tensor, config: AnalysisConfig = 
                         sink_floor=config.sink.share)
     per_layer = []
     result = probe_model(model, input_ids, probe, after_layer=lambda li, layer, partial: per_layer.append(
-        layer_weight_outliers(li, layer, partial, config.channel)))
+        layer_weight_outliers(li, layer, partial, config.channel, config.weights)))
     return assemble(result, config, per_layer)
 
 

@@ -132,3 +132,42 @@ def cancellations(mas: list[MassiveActivation], residual_in: str, branch_out: st
                         "after": round(f.value + a.value, 2),
                         "cancels": {"layer": f.origin_layer, "point": f.origin_point}}
     return sorted(out.values(), key=lambda e: (e["layer"], e["token"], e["channel"]))
+
+
+def tma_table(mas: list[MassiveActivation], branch_out: str, num_layers: int, top: int = 2) -> dict:
+    """The paper's Table 1: the TMAs a layer's MLP writes into the residual stream (at `branch_out`, y7 / GPT-2's y5),
+    mean over the samples per (token, channel), in the initial layer and the last two layers.
+
+    Initial: the layer whose written TMA the stream carries on the furthest (FMAs at x1 of the following layers,
+    same token and channel): where the stream's massive activation is born. -> {"initial": layer, "rows": {name: [(value, token, channel, samples)]}, "track": {"token",
+    "channel", "written": [mean or None per layer], "carried": [mean at x1 or None per layer]}}: the track follows
+    the initial top-1 (token, channel) through every layer (the paper's Figure 6)."""
+    written: dict[tuple[int, int, int], list[float]] = defaultdict(list)
+    stream: dict[tuple[int, int, int], list[float]] = defaultdict(list)
+    for a in mas:
+        if a.point == branch_out and a.kind == "TMA":
+            written[(a.layer, a.token, a.channel)].append(a.value)
+        elif a.point == RESIDUAL_POINTS[0]:
+            stream[(a.layer, a.token, a.channel)].append(a.value)
+    mean = {k: sum(v) / len(v) for k, v in written.items()}
+
+    def tops(layer: int | None) -> list[tuple[float, int, int, int]]:
+        here = [(v, t, c, len(written[(li, t, c)])) for (li, t, c), v in mean.items() if li == layer]
+        return sorted(here, key=lambda r: (-abs(r[0]), r[1], r[2]))[:top]
+
+    def carried_for(li: int, t: int, c: int) -> int:  # consecutive layers whose input x1 carries it on
+        n = 0
+        while (li + 1 + n, t, c) in stream:
+            n += 1
+        return n
+
+    spans = {k: carried_for(*k) for k in mean}
+    initial = min((k for k in spans if spans[k]), key=lambda k: (-spans[k], k), default=(None,))[0]
+    rows = {"Initial": tops(initial), "Last-2": tops(num_layers - 2), "Last-1": tops(num_layers - 1)}
+    track = None
+    if rows["Initial"]:
+        _, t, c, _ = rows["Initial"][0]
+        avg = {k: sum(v) / len(v) for k, v in stream.items()}
+        track = {"token": t, "channel": c, "written": [mean.get((li, t, c)) for li in range(num_layers)],
+                 "carried": [avg.get((li, t, c)) for li in range(num_layers)]}
+    return {"initial": initial, "rows": rows, "track": track}

@@ -3,8 +3,9 @@
 For one model state: float perplexity on every evaluation dataset, and from a probe pass on
 the same calibration windows, per layer: massive activations in the residual stream (x1, y1)
 and at projection inputs (x2, x8, y2, y6: what activation quantization sees), the top-3 |x1|
-(the paper's Figure 4 right), the largest |a| at projection inputs, channel-wise outliers, and the attention
-sink's share of the attention and the largest score (x7, x6).
+(the paper's Figure 4 right), the largest |a| at projection inputs, channel-wise outliers, the attention
+sink's share of the attention and the largest score (x7, x6), and the weights' largest |w| / median |w| and outlier
+rows and columns (what an exact migration moves into the weights).
 """
 from __future__ import annotations
 
@@ -35,7 +36,17 @@ def outlier_profile(analysis: Analysis) -> dict:
         "channel_outliers_linear_inputs": [sum(co[p][li] for p in lin) for li in range(n)],
         "channel_outliers_total": sum(sum(v) for v in co.values()),
         **attention_profile(analysis.attention),
+        **weight_profile(analysis.weights, n),
     }
+
+
+def weight_profile(weights: dict, n: int) -> dict:
+    """Per layer, over its projections: the largest max |w| / median |w|, and the outlier rows + columns."""
+    if not weights:
+        return {}
+    return {"weight_ratio": [max(by[li]["ratio"] or 0 for by in weights.values()) for li in range(n)],
+            "weight_outliers": [sum(len(by[li]["rows"]) + len(by[li]["cols"]) for by in weights.values())
+                                for li in range(n)]}
 
 
 def attention_profile(attention: dict) -> dict:
@@ -63,8 +74,9 @@ def removed_share(before: dict, after: dict) -> dict:
         b, a = before[key], after[key]
         b, a = (sum(b), sum(a)) if isinstance(b, list) else (b, a)
         return None if b == 0 else round(1 - a / b, 4)
-    return {k: share(k) for k in ("massive_total", "massive_residual", "massive_linear_inputs",
-                                  "channel_outliers_total", "channel_outliers_linear_inputs")}
+    keys = ("massive_total", "massive_residual", "massive_linear_inputs", "channel_outliers_total",
+            "channel_outliers_linear_inputs", "weight_outliers")
+    return {k: share(k) for k in keys if k in before and k in after}
 
 
 def ppl_change(before: dict, after: dict) -> dict:

@@ -24,6 +24,7 @@ from torch import nn
 from ..errors import SmoothQuantError
 
 HEAD_CHUNK_BYTES = 16 * 2**20  # one [B, h, T, S] float32 block of scores per head group
+QUERY_BLOCK = 64  # the smallest query block of a causal kernel
 
 
 @dataclass
@@ -37,43 +38,62 @@ class Block:
 
 
 def scores_and_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, scaling: float | None,
-                     softcap: float | None = None, sliding_window: int | None = None, heads: slice | None = None
-                     ) -> Block:
-    """x6 and x7 as the attention kernel computes them, for the query heads `heads` (all: None).
-    q: [B, H, T, D], k: [B, KV, S, D] (after RoPE), mask: None (causal), [B, S] padding, bool [B|1, 1|H, T, S]
-    (True = attend) or additive float [B|1, 1|H, T, S].
+                     softcap: float | None = None, sliding_window: int | None = None, heads: slice | None = None,
+                     queries: slice | None = None, is_causal: bool = True) -> Block:
+    """x6 and x7 as the attention kernel computes them, for the query heads `heads` and the queries `queries` (all:
+    None). q: [B, H, T, D], k: [B, KV, S, D] (after RoPE), mask: None (causal, or none when not is_causal), [B, S]
+    padding, bool [B|1, 1|H, T, S] (True = attend) or additive float [B|1, 1|H, T, S].
 
-    Four passes over [B, h, T, S] after the product: softmax; the row maxima (x6's statistic); Σ p·logits for the
-    entropy, H = log Z + m − Σ p·logits, where log Z = −log p at the row maximum (so no log of every element)."""
+    A causal kernel's queries [a, b) read no key past S - T + b: those keys are left out (Block's last dimension is
+    that bound), so query blocks skip the masked half of the matrix. Four passes over [B, h, t, s] after the product:
+    softmax; the row maxima (x6's statistic); Σ p·logits for the entropy, H = log Z + m − Σ p·logits, where
+    log Z = −log p at the row maximum (so no log of every element)."""
     b, h, t, d = q.shape
     s = k.shape[2]
     heads = heads or slice(0, h)
+    queries = queries or slice(0, t)
+    keys = s - t + queries.stop if is_causal else s
     group = h // k.shape[1]
     kv = torch.arange(h)[heads] // group  # query head i reads key head i // group (GQA)
-    q, k = q[:, heads].float(), k.float()[:, kv]  # [B, h, T, D], [B, h, S, D]
-    bias = additive_mask(mask, t, s, sliding_window, q.device)  # [B|1, 1|H, T, S]: 0 or very negative
-    if bias.shape[1] > 1:
-        bias = bias[:, heads]
+    q, k = q[:, heads, queries].float(), k.float()[:, kv, :keys]  # [B, h, tq, D], [B, h, keys, D]
+    tq = q.shape[2]
+    if mask is not None and mask.dim() == 4:
+        mask = mask[:, heads if mask.shape[1] > 1 else slice(None), queries, :keys]
+    elif mask is not None and mask.dim() == 2:
+        mask = mask[:, :keys]
+    bias = additive_mask(mask, tq, keys, sliding_window, q.device, is_causal)  # [B|1, 1|h, tq, keys]
     scale = d ** -0.5 if scaling is None else scaling
-    if softcap is None:  # one fused kernel: bias + scale · q kᵀ
-        logits = torch.baddbmm(bias.expand(b, q.shape[1], t, s).reshape(-1, t, s), q.reshape(-1, t, d),
-                               k.reshape(-1, s, d).transpose(-1, -2), alpha=scale).view(b, -1, t, s)
+    if softcap is None:  # one fused kernel: bias + scale · q kᵀ (a [1, 1, ...] bias broadcasts without a copy)
+        shared = bias[0] if bias.shape[:2] == (1, 1) else bias.expand(b, q.shape[1], tq, keys).reshape(-1, tq, keys)
+        logits = torch.baddbmm(shared, q.reshape(-1, tq, d), k.reshape(-1, keys, d).transpose(-1, -2),
+                               alpha=scale).view(b, -1, tq, keys)
     else:
         logits = torch.tanh(q @ k.transpose(-1, -2) * (scale / softcap)).mul_(softcap).add_(bias)
     probs = torch.softmax(logits, dim=-1)
-    row_max, row_key = logits.max(-1)  # [B, h, T]
+    row_max, row_key = logits.max(-1)  # [B, h, tq]
     log_z = -probs.gather(-1, row_key[..., None]).squeeze(-1).log()  # p at the maximum = 1 / Z
     entropy = log_z + row_max - torch.linalg.vecdot(probs, logits)
     return Block(logits, probs, row_max, row_key, entropy)
 
 
-def additive_mask(mask: torch.Tensor | None, t: int, s: int, sliding_window: int | None, device) -> torch.Tensor:
+def query_blocks(t: int, is_causal: bool) -> list[slice]:
+    """Query slices for a causal kernel (about 8 blocks of at least QUERY_BLOCK rows: the keys past each block's
+    last query are skipped, ~44 % of the work); one block otherwise."""
+    if not is_causal:
+        return [slice(0, t)]
+    step = max(QUERY_BLOCK, -(-t // 8))
+    return [slice(i, min(t, i + step)) for i in range(0, t, step)]
+
+
+def additive_mask(mask: torch.Tensor | None, t: int, s: int, sliding_window: int | None, device,
+                  is_causal: bool = True) -> torch.Tensor:
     """The kernel's mask as an additive float32 bias: 0 where a query may read a key, the float32 minimum where it
-    may not (finite, so a product with a zero probability stays 0). mask: None (causal, with the sliding window),
-    [B, S] padding (causal within it), bool (True = attend) or already additive."""
+    may not (finite, so a product with a zero probability stays 0). mask: None (causal, with the sliding window;
+    nothing hidden when not is_causal), [B, S] padding (causal within it), bool (True = attend) or already additive."""
     if mask is not None and mask.dtype != torch.bool and mask.dim() == 4:
         return mask[..., :s].float().clamp(min=torch.finfo(torch.float32).min)
-    allowed = causal(t, s, sliding_window, device)
+    allowed = causal(t, s, sliding_window, device) if is_causal else torch.ones(1, 1, t, s, dtype=torch.bool,
+                                                                                  device=device)
     if mask is not None:
         allowed = allowed & mask[:, None, None, :].bool() if mask.dim() == 2 else mask
     return torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
@@ -120,7 +140,8 @@ def attention_taps(attention_modules: list[nn.Module], fn: AttentionFn) -> Itera
             if li is not None:
                 seen.add(li)
                 extra = {"scaling": kwargs.get("scaling", getattr(module, "scaling", None)),
-                         "softcap": kwargs.get("softcap"), "sliding_window": kwargs.get("sliding_window")}
+                         "softcap": kwargs.get("softcap"), "sliding_window": kwargs.get("sliding_window"),
+                         "is_causal": bool(getattr(module, "is_causal", True))}
                 fn(li, query.detach(), key.detach(), attention_mask, extra)
             return out
         return tapped

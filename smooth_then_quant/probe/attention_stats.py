@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attention import head_groups, scores_and_probs
+from .attention import head_groups, query_blocks, scores_and_probs
 
 
 @dataclass
@@ -81,12 +81,20 @@ class AttentionAccumulator:
         elif self.share_sum.shape[1] < s:  # a longer window than before: positions past the old ones start at 0
             self.share_sum = torch.nn.functional.pad(self.share_sum, (0, s - self.share_sum.shape[1]))
         self.windows += b
+        causal = extra.get("is_causal", True)
         for g in head_groups(b, h, t, s):
-            blk = scores_and_probs(q, k, mask, heads=g, **extra)
-            self._scores(blk.row_max, blk.row_key, g.start, sample_offset)
-            share = blk.probs.sum(2) / t  # [B, h, S]: each query row sums to 1, so shares of a window sum to 1
+            share = torch.zeros(b, g.stop - g.start, s, device=q.device)  # [B, h, S]
+            row_max, row_key, entropy = [], [], []
+            for qs in query_blocks(t, causal):
+                blk = scores_and_probs(q, k, mask, heads=g, queries=qs, **extra)  # [B, h, tq, keys ≤ S]
+                share[..., : blk.probs.shape[-1]] += blk.probs.sum(2)
+                row_max.append(blk.row_max)
+                row_key.append(blk.row_key)
+                entropy.append(blk.entropy)
+            self._scores(torch.cat(row_max, -1), torch.cat(row_key, -1), g.start, sample_offset)
+            share /= t  # each query row sums to 1, so the shares of a window sum to 1
             self.share_sum[g, :s] += share.sum(0).double().cpu()
-            self.entropy_sum[g] += blk.entropy.mean(-1).sum(0).double().cpu()
+            self.entropy_sum[g] += torch.cat(entropy, -1).mean(-1).sum(0).double().cpu()
             self._sinks(share, g.start, sample_offset, token_ids)
 
     def _scores(self, row_max: torch.Tensor, row_key: torch.Tensor, h0: int, sample_offset: int) -> None:

@@ -40,6 +40,9 @@ def render_analysis(report: dict) -> str:
         "- Points follow the paper's Figure 2: x1 layer input, x2 attention-norm output, x3/x4/x5 q/k/v, x6 attention "
         "scores q·kᵀ, x7 softmax, x8/x9 o-proj input/output, y1 MLP input, y2 MLP-norm output, y3..y7 inside the MLP "
         "(y6 = down-projection input).",
+        "- **Weight outliers** (the same study's weight kind): per projection, the rows and columns whose max |w| "
+        "stands k·σ above the rest, and the largest |w| over the median |w|. A projection is named by the point it "
+        "computes (x3 = W_q, x9 = W_o, y7 = W_down, ...).",
         "- **Attention outliers** (\"Systematic Outliers in Large Language Models\"): an **attention sink** is a key that "
         "takes a large share of a head's attention (x7) in most windows. That study finds the sinks on the tokens that "
         "carry massive activations; the attention section says, per sink head, how many of its sink keys carry one, "
@@ -90,6 +93,7 @@ def render_analysis(report: dict) -> str:
     lines += ["", "## Outlier-triggering channels (rows of W_q / W_k / W_v)", ""]
     rows = [[li, p, _short(r)] for p, by in a["otc"].items() for li, r in sorted(by.items(), key=lambda kv: int(kv[0]))]
     lines.append(_table(["layer", "point", "rows"], rows) if rows else "None found.")
+    lines += render_weights(a.get("weight_outliers"), rules.get("weights"), a["num_layers"])
     lines += render_attention(a.get("attention"), rules.get("sink"))
     if report.get("plots"):
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
@@ -133,3 +137,21 @@ def render_attention(att: dict | None, rule: dict | None) -> list[str]:
     if rest:
         lines += ["", f"{rest} massive-activation families have no sink head on their token in most windows."]
     return lines
+
+
+def render_weights(w: dict | None, rule: dict | None, n: int) -> list[str]:
+    """Weight outliers: per layer and projection, max |w| / median |w| and the outlier rows / columns."""
+    if not w:
+        return []
+    pts = list(w)
+    lines = ["", "## Weight outliers (per projection: max |w| / median |w|, outlier rows / columns)", "",
+             f"A projection is named by the point it computes. Rows / columns: max |w| above the mean by "
+             f"{rule['k']:g}σ.", ""]
+    lines.append(_table(["layer", *pts], [[li, *[_weight_cell(w[p][str(li)] if str(li) in w[p] else w[p][li])
+                                                 for p in pts]] for li in range(n)]))
+    return lines
+
+
+def _weight_cell(e: dict) -> str:
+    ratio = "–" if e["ratio"] is None else f"{e['ratio']:.3g}"
+    return f"{ratio} ({len(e['rows'])}/{len(e['cols'])})"

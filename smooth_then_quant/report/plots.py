@@ -114,10 +114,36 @@ def plot_attention(analysis, path: Path) -> Path:
     return path
 
 
+def plot_weights(analysis, path: Path) -> Path:
+    """Weight outliers across layers: max |w| / median |w| per projection (left), outlier rows + columns (right)."""
+    w = analysis.weights
+    n = analysis.result.num_layers
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for p, marker in zip(w, "os^vD<>p*h"):
+        axes[0].plot(range(n), [w[p][li]["ratio"] or 0 for li in range(n)], marker=marker, ms=3, label=f"W → {p}")
+        axes[1].plot(range(n), [len(w[p][li]["rows"]) + len(w[p][li]["cols"]) for li in range(n)], marker=marker,
+                     ms=3, label=f"W → {p}")
+    axes[0].set_yscale("log")
+    axes[0].set_title("largest |w| / median |w|")
+    axes[1].set_title(f"outlier rows + columns ({analysis.config.weights.k:g}σ)")
+    for ax in axes:
+        ax.set_xlabel("layer")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle("Weight outliers per projection (named by the point it computes)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_plots(analysis, folder: Path) -> list[str]:
     plots = [plot_top_activations(analysis, folder / "top_activations.png"),
              plot_channel_means(analysis, folder / "channel_means.png"),
              plot_outlier_counts(analysis, folder / "channel_outliers.png")]
+    if analysis.weights:
+        plots.append(plot_weights(analysis, folder / "weight_outliers.png"))
     if analysis.attention:
         plots.append(plot_attention(analysis, folder / "attention.png"))
     return [p.name for p in plots]

@@ -36,11 +36,16 @@ def render_smoothing(report: dict) -> str:
               "projection inputs (x2, x8, y2, y6: what activation quantization sees); an exact migration leaves "
               "the residual stream as it is by construction and shrinks what the projections read. The sink "
               "columns are x7 and x6: the largest share of a head's attention one key takes (mean over heads, the "
-              "largest layer) and the largest attention score; an exact migration leaves both as they were.", ""]
+              "largest layer) and the largest attention score; an exact migration leaves both as they were. The "
+              "weight columns are the largest max |w| / median |w| of any projection and the outlier rows and columns "
+              "of all projections (k·σ rule): the range a migration moves from the activations into the weights, "
+              "which W4 pays for.", ""]
     sinks = "sink_mass" in states[0]
+    wts = "weight_ratio" in states[0]
     header = ["state", *[f"PPL {d}" for d in datasets], "ΔPPL", "MA residual", "MA at proj. inputs",
               "max \\|a\\| proj. inputs", "channel outliers", "CO at proj. inputs",
-              *(["sink share (x7)", "max score (x6)"] if sinks else [])]
+              *(["sink share (x7)", "max score (x6)"] if sinks else []),
+              *(["max \\|w\\|/median", "weight outlier rows+cols"] if wts else [])]
     rows = []
     for s in states:
         ch = s.get("ppl_change")
@@ -49,7 +54,8 @@ def render_smoothing(report: dict) -> str:
                      _count(s, "massive_residual"), _count(s, "massive_linear_inputs"),
                      f"{max(s['max_abs_linear_inputs']):.4g}", _count(s, "channel_outliers"),
                      _count(s, "channel_outliers_linear_inputs"),
-                     *([f"{max(s['sink_mass']):.4f}", f"{max(s['max_score']):.4g}"] if sinks else [])])
+                     *([f"{max(s['sink_mass']):.4f}", f"{max(s['max_score']):.4g}"] if sinks else []),
+                     *([f"{max(s['weight_ratio']):.4g}", _count(s, "weight_outliers")] if wts else [])])
     lines.append(_table(header, rows))
     lines += ["", "Counts are summed over layers, with the share removed against the baseline in brackets. "
                   "Per-layer values are in `report.json` → `smoothing.states`.", ""]

@@ -39,3 +39,18 @@ def test_script_error_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(EVAL / "table2_tma.py"), "--model", str(tmp_path / "nope"),
                            "--out", str(tmp_path / "t.md"), "-q"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "model not found" in proc.stderr
+
+
+def test_table1_finds_the_planted_stream_massive_activation_where_it_is_born(tmp_path, tiny_folder):
+    """The tiny model's planted MLP writes a massive activation into residual channel 11 at the trigger token in
+    layer 1 (planting.save_tiny); the stream carries it to the last layer, and no later layer cancels it."""
+    out = tmp_path / "t1.md"
+    proc = subprocess.run([sys.executable, str(EVAL / "table1_tma.py"), "--model", str(tiny_folder), "--samples", "4",
+                           "--seq-len", "64", "--out", str(out), "-q"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| Initial Top-1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "1" and cells[3].endswith(", 11)") and abs(float(cells[2])) > 100
+    assert "| Last-1 Top-1 | 3 | N/A |" in text and "(0 of opposite sign)" in text
+    assert (tmp_path / "t1.png").is_file() and "![Figure 6](t1.png)" in text

@@ -87,17 +87,27 @@ def test_a_block_equals_the_direct_computation():
         assert torch.equal(blk.row_key, scores[:, h].argmax(-1))
 
 
-def test_statistics_equal_a_direct_computation_whatever_the_split():
+def kernel_mask(kind: str, t: int):
+    """The mask as each kernel receives it: sdpa's skipped causal mask (None), its bool mask, eager's additive one."""
+    tril = torch.ones(t, t, dtype=torch.bool).tril()[None, None]
+    return {"none": None, "bool": tril,
+            "float": torch.zeros(1, 1, t, t).masked_fill(~tril, torch.finfo(torch.float32).min)}[kind]
+
+
+@pytest.mark.parametrize("kind", ["none", "bool", "float"])
+@pytest.mark.parametrize("t", [12, 150])  # 150: three query blocks of 64, the keys past each block skipped
+def test_statistics_equal_a_direct_computation_whatever_the_split(t, kind):
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(6, 4, 12, 8, generator=g) * 2
-    k = torch.randn(6, 2, 12, 8, generator=g) * 2
+    q = torch.randn(6, 4, t, 8, generator=g) * 2
+    k = torch.randn(6, 2, t, 8, generator=g) * 2
     k[:, :, 0] *= 6  # a key everyone attends to
     scores, _, share, ent = brute_force(q, k)
+    mask = kernel_mask(kind, t)
     whole = AttentionAccumulator(4, top_k=5, sink_floor=0.3)
-    whole.update(q, k, None, {"scaling": None}, 0)
+    whole.update(q, k, mask, {"scaling": None}, 0)
     parts = [AttentionAccumulator(4, top_k=5, sink_floor=0.3) for _ in range(2)]
     for i, (s, e) in enumerate([(0, 2), (2, 6)]):  # uneven split, the second part first
-        parts[1 - i].update(q[s:e], k[s:e], None, {"scaling": None}, s)
+        parts[1 - i].update(q[s:e], k[s:e], mask, {"scaling": None}, s)
     row_max = scores.amax(-1)  # [B, H, T]
     for st in (whole.finalize(), merge_attention(parts).finalize()):
         assert st.windows == 6
