@@ -42,22 +42,35 @@ def run(world: int, work: Path) -> dict:
     wall = time.perf_counter() - t0
     if proc.returncode:
         return {"error": proc.stderr[-2000:], "wall": wall}
-    return {"wall": wall, "report": json.loads((out / "report.json").read_text())}
+    (work / f"ws{world}.wall").write_text(f"{wall:.1f}\n")  # kept for --reuse
+    return load(world, work)
+
+
+def load(world: int, work: Path) -> dict:
+    """A finished run's report and wall time (what --reuse reads: WORK/wsN/report.json and WORK/wsN.wall)."""
+    return {"wall": float((work / f"ws{world}.wall").read_text()),
+            "report": json.loads((work / f"ws{world}" / "report.json").read_text())}
+
+
+def speedup(a: float, b: float) -> str:
+    return f"{a / b:.2f}×" if a > 0 and b > 0 else "–"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(HERE / "results" / "distributed.md"))
+    ap.add_argument("--reuse", type=Path, help="a WORK folder of an earlier run of this script: its reports, no new run")
+    ap.add_argument("--note", default="", help="a sentence added under the command line (how the runs went)")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="stq-dist-"))
-    runs = {w: run(w, work) for w in (1, 2)}
+    work = args.reuse or Path(tempfile.mkdtemp(prefix="stq-dist-"))
+    runs = {w: load(w, work) if args.reuse else run(w, work) for w in (1, 2)}
     lines = ["# Data-parallel runs on torch.distributed: the quickstart at world size 1 and 2", "",
              f"_Command: `python bench/distributed.py`; {platform.machine()}, {os.cpu_count()} CPU cores, torch "
              f"{torch.__version__}, {datetime.datetime.now():%Y-%m-%d %H:%M}. World size 1: one process, "
              "OMP_NUM_THREADS=1; world size 2: `torchrun --standalone --nproc-per-node 2 -m smooth_then_quant "
              "quickstart` (gloo), one thread per rank; both with `--set evaluation.evidence_samples=8` (the preset's 4 "
              "evidence windows are one batch, which two processes cannot share). One after the other on the same "
-             "machine._", ""]
+             "machine._", *([args.note] if args.note else []), ""]
     bad = {w: r for w, r in runs.items() if "error" in r}
     if bad:
         lines += [f"- world size {w} failed: `{r['error'][-800:]}`" for w, r in bad.items()]
@@ -69,9 +82,9 @@ def main() -> None:
     layers = r1["analysis"]["num_layers"]
     lines += ["## Wall time per stage", "", "| stage | world size 1 | world size 2 | speed-up |", "|---|---|---|---|"]
     for st in [s for s in STAGES if s in s1]:
-        lines.append(f"| {st} | {s1[st]:.1f} s | {s2.get(st, float('nan')):.1f} s | {s1[st] / s2[st]:.2f}× |")
+        lines.append(f"| {st} | {s1[st]:.1f} s | {s2.get(st, float('nan')):.1f} s | {speedup(s1[st], s2.get(st, 0))} |")
     t1, t2 = runs[1]["wall"], runs[2]["wall"]
-    lines += [f"| whole process(es) | {t1 / 60:.1f} min | {t2 / 60:.1f} min | {t1 / t2:.2f}× |", ""]
+    lines += [f"| whole process(es) | {t1 / 60:.1f} min | {t2 / 60:.1f} min | {speedup(t1, t2)} |", ""]
     ranks = r2["distributed"]["ranks"]
     lines += ["## Collective traffic and memory per rank (world size 2)", "",
               f"Payload bytes each rank sent or received in collectives (all-reduce, reduce, broadcast, gathers: the "
