@@ -25,6 +25,7 @@ class SmoothingResult:
     model: object  # the smoothed copy
     states: list[dict]  # evidence: baseline, each intervention alone, combined
     evaluation: dict  # the perplexity protocol per dataset
+    markdown_at: int | None = None  # where its part of report.md sits in Run.markdown (re-rendered in place)
 
     def to_dict(self) -> dict:
         return {"plan": self.plan.to_dict(), "states": self.states, "evaluation": self.evaluation}

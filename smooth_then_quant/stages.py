@@ -154,13 +154,39 @@ def _trained_kinds(cfg: SmoothingConfig) -> set[str]:
     return {item.kind for iv in cfg.active() if iv.train is not None for item in iv.items}
 
 
+def _evidence(run: Run, name: str, model) -> dict:
+    """One state's evidence (perplexity, outliers, x6/x7, weights) on the evidence windows."""
+    r = run.recipe
+    return state_evidence(name, model, run.loaded.tokenizer, run.ids[: r.evaluation.evidence_samples],
+                          r.evaluation.datasets, r.evaluation, run.cache, r.analysis, r.calibration.batch_size)
+
+
+def _render_smoothing(run: Run) -> None:
+    """report.json's smoothing section, its plot and its report.md part (replaced when the paper's state joins)."""
+    states = run.smoothing.states
+    for s in states[1:]:
+        s["ppl_change"] = ppl_change(states[0], s)
+        s["removed"] = removed_share(states[0], s)
+    run.report["smoothing"] = run.smoothing.to_dict()
+    if run.draws:
+        name = plot_smoothing(states, run.out / "smoothing_effect.png").name
+        if name not in run.plots:
+            run.plots.append(name)
+    text = render_smoothing(run.report)
+    if run.smoothing.markdown_at is None:
+        run.smoothing.markdown_at = len(run.markdown)
+        run.markdown.append(text)
+    else:
+        run.markdown[run.smoothing.markdown_at] = text
+
+
 def run_smooth(run: Run) -> None:
     r, tok, model = run.recipe, run.loaded.tokenizer, run.loaded.model
     plan, smoothed = _smoothed(run, r.smoothing, run.timing)
-    ev, ids, cache = r.evaluation, run.ids[: r.evaluation.evidence_samples], run.cache
+    ev, cache = r.evaluation, run.cache
 
     def evidence(name, m):
-        return state_evidence(name, m, tok, ids, ev.datasets, ev, cache, r.analysis, r.calibration.batch_size)
+        return _evidence(run, name, m)
 
     states = [evidence("baseline", model)]
     trained = _trained_kinds(r.smoothing) & set(plan.kinds())
@@ -176,15 +202,9 @@ def run_smooth(run: Run) -> None:
             states.append(evidence("combined without " + "/".join(sorted(trained)), twin))
             del twin
     states.append(evidence("combined", smoothed))
-    for s in states[1:]:
-        s["ppl_change"] = ppl_change(states[0], s)
-        s["removed"] = removed_share(states[0], s)
     run.smoothing = SmoothingResult(plan, smoothed, states, {d: cache.windows(tok, d, ev)[1] for d in ev.datasets})
-    run.report["smoothing"] = run.smoothing.to_dict()
-    if run.draws:
-        run.plots.append(plot_smoothing(states, run.out / "smoothing_effect.png").name)
     plan.save(run.out / PLAN_FILE)
-    run.markdown.append(render_smoothing(run.report))
+    _render_smoothing(run)
 
 
 # ---- paper: the paper's own smoothing, a compared state of the table -----------------------------
@@ -197,6 +217,9 @@ def run_paper(run: Run) -> None:
     what = "; ".join(f"{r['kind']} ({r['count']} edits, {'exact' if r['exact'] else 'lossy'})"
                      for r in plan.summary()) or "empty plan"
     run.compared["paper"] = Compared(model, what, plan)
+    if run.smoothing is not None:  # the evidence table gains the paper's state: what its lossy edits do to x6/x7
+        run.smoothing.states.append(_evidence(run, "paper (quantization.paper)", model))
+        _render_smoothing(run)
 
 
 # ---- quantize: {FP, every scheme} x every compared state -----------------------------------------

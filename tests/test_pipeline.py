@@ -102,6 +102,14 @@ def test_quantization_table_has_every_row(tmp_path, sensitive_folder):
     w4 = next(r for r in q["rows"] if r["scheme"] == "W4A8-static" and r["state"] == "baseline")
     assert w4["delta_ppl"]["offline"] > MIN_DEGRADATION * fp  # the model is sensitive enough to compare states
     assert (out / "quantization.png").stat().st_size > 10_000
+    # the evidence table holds the paper's state too: its x6/x7 and weights beside the exact smoothing's
+    states = {st["name"]: st for st in report["smoothing"]["states"]}
+    paper = states["paper (quantization.paper)"]
+    fp_paper = next(r for r in q["rows"] if r["scheme"] == "FP" and r["state"] == "paper")["ppl"]["offline"]
+    assert paper["ppl"]["offline"] == pytest.approx(fp_paper, rel=1e-6)
+    assert len(paper["sink_mass"]) == len(paper["weight_ratio"]) == 4 and "weight_outliers" in paper["removed"]
+    assert states["combined"]["sink_mass"] == pytest.approx(states["baseline"]["sink_mass"], abs=1e-4)  # exact
+    assert md.count("## Smoothing") == 1 and "| paper (quantization.paper) |" in md
 
 
 @pytest.mark.parametrize("fmt", ["gptq", "compressed-tensors"])
