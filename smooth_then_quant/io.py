@@ -39,6 +39,26 @@ class Scratch:
         self._finalizer()
 
 
+def save_tensors(tensors: dict, path: Path) -> None:
+    """safetensors' save_file, with its I/O failures as OSError: the rust writer raises SafetensorError("... I/O
+    error: No space left on device (os error 28)") where Python's own writes raise OSError, so a full or read-only
+    disk reaches the same one-line handling (a partial file is removed)."""
+    import os
+    import re
+
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as e:
+        Path(path).unlink(missing_ok=True)
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        n = int(code.group(1))
+        raise OSError(n, os.strerror(n), str(path)) from None
+
+
 def shard_name(i: int, n: int) -> str:
     return "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
 

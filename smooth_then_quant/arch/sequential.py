@@ -30,6 +30,7 @@ from torch import nn
 
 from .. import dist
 from ..errors import SmoothQuantError
+from ..io import save_tensors
 from ..progress import bar
 from .registry import adapter_for
 
@@ -146,9 +147,8 @@ class HiddenStates:
         if self.budget is None or self.folder is None or self.resident + n <= self.budget:
             self.resident += n
             return t
-        from safetensors.torch import save_file
         path = self.folder / f"hidden-{id(self):x}-{i}.safetensors"
-        save_file({"h": t.detach().contiguous().cpu()}, str(path))
+        save_tensors({"h": t.detach().contiguous().cpu()}, path)
         self.spilled += 1
         return path, t.device
 

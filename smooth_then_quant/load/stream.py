@@ -22,13 +22,12 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ..arch import adapter_for, trim_heap
 from ..arch.sequential import SOURCE_ATTR, HiddenStates
 from ..errors import SmoothQuantError
-from ..io import Rows, Scratch, ShardWriter
+from ..io import Rows, Scratch, ShardWriter, save_tensors
 from .lazy import ROW_CHUNK, Checkpoint, model_prefixes, onload_small_, skeleton
 
 Edit = Callable[[nn.Module], None]
@@ -84,7 +83,7 @@ class CheckpointSource:
             tensors = {n: p.detach().cpu().contiguous() for n, p in layer.named_parameters()}
             path = self.scratch.path / f"layer{li}-{uuid.uuid4().hex[:12]}.safetensors"
             try:
-                save_file(tensors, str(path))
+                save_tensors(tensors, path)
             except OSError as e:  # full disk, a folder removed under the run
                 path.unlink(missing_ok=True)
                 _free(layer)
