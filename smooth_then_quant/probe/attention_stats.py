@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention import head_groups, query_blocks, scores_and_probs
+from .stats import top_order
 
 
 @dataclass
@@ -45,15 +46,6 @@ class AttentionStats:
     sinks: list[SinkRecord]
     sink_overflow: int
     sink_floor: float
-
-
-def _top_order(vals: torch.Tensor, pos: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k largest vals [n] (ties by pos [n, m], lexicographic): one total order, so the merge of
-    any split of the windows keeps the same elements."""
-    order = torch.arange(vals.numel())
-    for col in reversed(range(pos.shape[1])):
-        order = order[torch.sort(pos[order, col], stable=True).indices]
-    return order[torch.sort(vals[order], descending=True, stable=True).indices][:k]
 
 
 @dataclass
@@ -114,7 +106,7 @@ class AttentionAccumulator:
         keep = []
         for head in pos[:, 0].unique():
             where = (pos[:, 0] == head).nonzero().squeeze(1)
-            keep.append(where[_top_order(vals[where], pos[where], self.top_k)])
+            keep.append(where[top_order(vals[where], pos[where], self.top_k)])
         order = torch.cat(keep) if keep else torch.empty(0, dtype=torch.long)
         self.top_vals, self.top_pos = vals[order], pos[order]
 
@@ -133,7 +125,7 @@ class AttentionAccumulator:
         h = self.heads
         score_max = torch.full((h,), -float("inf"), dtype=torch.float64)
         at: list[tuple[int, int, int]] = [(-1, -1, -1)] * h
-        order = _top_order(self.top_vals, self.top_pos, self.top_vals.numel())
+        order = top_order(self.top_vals, self.top_pos, self.top_vals.numel())
         for i in reversed(order.tolist()):  # the largest last, so it wins
             head = int(self.top_pos[i, 0])
             score_max[head] = float(self.top_vals[i])

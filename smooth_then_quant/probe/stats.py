@@ -221,14 +221,20 @@ class PointAccumulator:
         )
 
 
-def top_of(vals: torch.Tensor, pos: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k first of candidates vals [n] at pos [n, 3] (sample, token, channel) in one total order: larger |value|
-    first, ties by position. Equal values (common in embeddings) then keep the same elements in the same order
-    whichever way the batches were split (torchrun's ranks) or merged."""
-    order = torch.arange(vals.numel())
-    for col in (2, 1, 0):  # stable sorts, least significant key first
+def top_order(score: torch.Tensor, pos: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest score [n], ties by pos [n, m] (lexicographic): one total order, so equal values
+    (common in embeddings) keep the same elements in the same order whichever way the batches were split
+    (torchrun's ranks) or merged."""
+    order = torch.arange(score.numel())
+    for col in reversed(range(pos.shape[1])):  # stable sorts, least significant key first
         order = order[torch.sort(pos[order, col], stable=True).indices]
-    order = order[torch.sort(vals[order].abs(), descending=True, stable=True).indices][:k]
+    return order[torch.sort(score[order], descending=True, stable=True).indices][:k]
+
+
+def top_of(vals: torch.Tensor, pos: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k first of candidates vals [n] at pos [n, 3] (sample, token, channel): larger |value| first, ties by
+    position (top_order)."""
+    order = top_order(vals.abs(), pos, k)
     return vals[order], pos[order]
 
 
