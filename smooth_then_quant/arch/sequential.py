@@ -37,13 +37,35 @@ from .registry import adapter_for
 SOURCE_ATTR = "_smooth_then_quant_source"
 
 
+class Keep(Protocol):
+    """How a streamed model stores a layer a step changed in place (`resident(..., keep=...)`), for its later walks:
+    `pack` gives the tensors to write, `unpack_` puts the layer's parameters back from them, bit-identical."""
+
+    def pack(self, layer: nn.Module) -> dict[str, torch.Tensor]: ...
+
+    def unpack_(self, layer: nn.Module, tensors: dict[str, torch.Tensor], device: torch.device) -> None: ...
+
+
+class Parameters:
+    """Keep: every parameter as it is (the default; quantize/keep.py's GridCodes stores a quantized layer's codes)."""
+
+    def pack(self, layer: nn.Module) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().contiguous() for n, p in layer.named_parameters()}
+
+    def unpack_(self, layer: nn.Module, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+        from accelerate.utils import set_module_tensor_to_device
+
+        for name, t in tensors.items():
+            set_module_tensor_to_device(layer, name, device, value=t)
+
+
 class LayerSource(Protocol):
     """Where a streamed model's weights come from (load/stream.py implements it)."""
     device: torch.device
 
     def onload_(self, model: nn.Module, li: int, layer: nn.Module) -> None: ...
 
-    def offload_(self, model: nn.Module, li: int, layer: nn.Module, keep: bool) -> None: ...
+    def offload_(self, model: nn.Module, li: int, layer: nn.Module, keep: Keep | None) -> None: ...
 
     def embed(self, model: nn.Module, ids: torch.Tensor) -> torch.Tensor: ...  # [B, T] -> [B, T, H]
 
@@ -75,9 +97,10 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
-def resident(model: nn.Module, li: int, keep: bool = False) -> Iterator[nn.Module]:
+def resident(model: nn.Module, li: int, keep: Keep | bool = False) -> Iterator[nn.Module]:
     """Decoder layer `li` with its weights present for the block. `keep`: the block changes the weights
-    (GPTQ), so a streamed model stores them for its later walks. A resident model's layer is just returned."""
+    (GPTQ), so a streamed model stores them for its later walks, as `keep` packs them (True: every parameter
+    as it is). A resident model's layer is just returned."""
     layer = adapter_for(model).decoder_layers(model)[li]
     src = source_of(model)
     if src is None:
@@ -89,7 +112,7 @@ def resident(model: nn.Module, li: int, keep: bool = False) -> Iterator[nn.Modul
         yield layer
         ok = True
     finally:
-        src.offload_(model, li, layer, keep and ok)
+        src.offload_(model, li, layer, (Parameters() if keep is True else keep or None) if ok else None)
 
 
 def trim_heap() -> None:

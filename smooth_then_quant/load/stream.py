@@ -8,7 +8,8 @@ from the safetensors shards when a walk needs them (arch/walk.py), with the stat
 
 A model *state* (unsmoothed, paper, smoothed, a quantized cell) is not a copy of the weights: it is the same
 checkpoint plus, per layer, the edits to replay after reading it (`add_edit`: the smoothing plan's items) and,
-for layers a step changed in place (GPTQ), the changed tensors kept in a scratch file. Deep-copying the model
+for layers a step changed in place (GPTQ), the changed layer kept in a scratch file (a quantized one as its
+integer codes, quantize/keep.py). Deep-copying the model
 (clone_model) copies these lists, not the checkpoint.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ..arch import adapter_for, trim_heap
-from ..arch.sequential import SOURCE_ATTR, HiddenStates
+from ..arch.sequential import SOURCE_ATTR, HiddenStates, Keep
 from ..errors import SmoothQuantError
 from ..io import Rows, Scratch, ShardWriter, save_tensors
 from .lazy import ROW_CHUNK, Checkpoint, model_prefixes, onload_small_, skeleton
@@ -41,7 +42,7 @@ class CheckpointSource:
         self.ckpt, self.dtype, self.device, self.scratch = ckpt, dtype, torch.device(device), scratch
         self.max_memory = default_hidden_budget() if max_memory is None else max_memory
         self.edits: dict[int, list[tuple[str, Edit]]] = {}
-        self.kept: dict[int, tuple[Path, int]] = {}  # layer -> (its file, how many of its edits it holds)
+        self.kept: dict[int, tuple[Path, int, Keep]] = {}  # layer -> (its file, how many edits it holds, its packer)
         self.history: list[str] = [f"{ckpt.folder.resolve()}:{dtype}"]  # what the state's digest is made of
 
     # ---- state --------------------------------------------------------------------------------
@@ -65,10 +66,9 @@ class CheckpointSource:
 
         done = 0
         if li in self.kept:
-            path, done = self.kept[li]
+            path, done, keep = self.kept[li]
             with safe_open(str(path), "pt", device=str(self.device)) as st:
-                for name in st.keys():
-                    set_module_tensor_to_device(layer, name, self.device, value=st.get_tensor(name))
+                keep.unpack_(layer, {name: st.get_tensor(name) for name in st.keys()}, self.device)
         else:
             prefix = _layer_prefix(model, li)
             for name, _ in list(layer.named_parameters()):
@@ -78,9 +78,9 @@ class CheckpointSource:
             for _, edit in self.edits.get(li, [])[done:]:
                 edit(layer)
 
-    def offload_(self, model: nn.Module, li: int, layer: nn.Module, keep: bool) -> None:
-        if keep:
-            tensors = {n: p.detach().cpu().contiguous() for n, p in layer.named_parameters()}
+    def offload_(self, model: nn.Module, li: int, layer: nn.Module, keep: Keep | None) -> None:
+        if keep is not None:
+            tensors = keep.pack(layer)
             path = self.scratch.path / f"layer{li}-{uuid.uuid4().hex[:12]}.safetensors"
             try:
                 save_tensors(tensors, path)
@@ -94,7 +94,7 @@ class CheckpointSource:
             for n in sorted(tensors):
                 h.update(n.encode())
                 h.update(tensors[n].view(-1).view(torch.uint8).numpy())
-            self.kept[li] = (path, len(self.edits.get(li, [])))
+            self.kept[li] = (path, len(self.edits.get(li, [])), keep)
             self.history.append(f"kept {li} {h.hexdigest()}")
             del tensors
         _free(layer)

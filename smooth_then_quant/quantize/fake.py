@@ -15,7 +15,8 @@ from torch import nn
 
 from .. import dist
 from ..arch import adapter_for, resident, walk
-from .grid import rtn_grid, snap_
+from .grid import rtn_grid, snap_, weight_view
+from .keep import GRID_CODES
 from .rtn import ActQuant, WeightQuant, fake_quant_act, fake_quant_weight
 
 _ATTR = "_smooth_then_quant_act_quant"
@@ -27,17 +28,11 @@ def linear_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return adapter_for(model).named_projections(model)
 
 
-def weight_view(module: nn.Module) -> torch.Tensor:
-    """[out, in] view of a Linear or a Conv1D (GPT-2 stores [in, out])."""
-    w = module.weight
-    return w if isinstance(module, nn.Linear) else w.t()
-
-
 @torch.no_grad()
 def rtn_weights_(model: nn.Module, q: WeightQuant) -> None:
     adapter = adapter_for(model)
     for li in range(len(adapter.decoder_layers(model))):
-        with resident(model, li, keep=True):  # a streamed model keeps the rounded layer for its later walks
+        with resident(model, li, keep=GRID_CODES):  # a streamed model keeps the rounded layer for its later walks
             for _, m in adapter.named_projections(model, layers=[li]):
                 w = weight_view(m)
                 grid = rtn_grid(w, q.bits, q.group_size, q.symmetric)

@@ -29,6 +29,7 @@ from ..arch.sequential import input_kwargs, layer_inputs, layer_output, my_batch
 from ..progress import bar
 from ..schema import Config
 from .fake import weight_view
+from .keep import GRID_CODES
 from .grid import QuantGrid, g_idx_from_order, snap_
 from .rtn import GroupSize
 
@@ -275,7 +276,7 @@ def gptq_(model: nn.Module, ids: torch.Tensor, cfg: GPTQWeights = GPTQWeights(),
     subsets = ROLES_SEQUENTIAL if cfg.true_sequential else ROLES_TOGETHER
     modules = []
     for li in bar(range(len(layers)), desc="GPTQ layers", unit="layer"):
-        with resident(model, li, keep=True) as layer:  # a streamed model keeps the quantized layer
+        with resident(model, li, keep=GRID_CODES) as layer:  # a streamed model keeps the layer's codes
             modules += _quantize_layer_(layer, li, hidden, extra, cfg, subsets, attention, adapter,
                                         advance=li + 1 < len(layers))
         extra[li] = None  # free this layer's recorded arguments

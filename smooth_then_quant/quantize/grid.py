@@ -17,6 +17,12 @@ GRID_ATTR = "quant_grid"
 _FP16_TINY = 2.0**-24  # the smallest float16 (subnormal): a scale never rounds to 0
 
 
+def weight_view(module: nn.Module) -> torch.Tensor:
+    """[out, in] view of a Linear or a Conv1D (GPT-2 stores [in, out])."""
+    w = module.weight
+    return w if isinstance(module, nn.Linear) else w.t()
+
+
 @dataclass
 class QuantGrid:
     bits: int
