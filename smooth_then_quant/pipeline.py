@@ -303,7 +303,7 @@ def run(recipe: Recipe, source: str | Path | None = None, model: LoadedModel | N
     with OutputDir(target, recipe.overwrite) as out:
         for line in out.recovered:
             log.warning("%s", line)
-        state = Run(recipe, out.tmp, given_model=model, given_data=data, given_tokenizer=tokenizer)
+        state = Run(recipe, out.tmp, given_model=model, given_data=data, given_tokenizer=tokenizer, output_bytes=need)
         state.report["stages"] = [s.name for s in todo]
         _run_stages(state, todo)
     final = out.final

@@ -71,6 +71,7 @@ class Run:
     given_data: object = None  # the Python API's calibration data in memory (texts, conversations, a Dataset)
     given_tokenizer: object = None  # the Python API's tokenizer for a model loaded by name (oneshot)
     writes: bool = True  # False on torchrun's ranks other than 0: they compute their share, rank 0 writes
+    output_bytes: int = 0  # about what the outputs will take (pipeline.output_guards), for the scratch check
 
     @property
     def draws(self) -> bool:

@@ -6,11 +6,13 @@ a stage produces is typed (SmoothingResult, QuantizationResult), and report.json
 from __future__ import annotations
 
 import gc
-import shutil
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 
+from .arch import is_streamed
 from .errors import SmoothQuantError
 from .detect import analyze
 from .evaluate import FP, degradation_rows
@@ -23,6 +25,7 @@ from . import dist
 from .io import write_json
 from .load import calibration_windows, load_model, size_bytes
 from .quantize import Scheme, detach_act_quant_, quantize_
+from .quantize.keep import kept_bytes
 from .quantize.scheme import weight_key
 from .recipe import Recipe
 from .results import Compared, QuantizationResult, Run, SmoothingResult
@@ -97,7 +100,28 @@ def run_load(run: Run) -> None:
     if why:
         run.loaded.provenance["weights"] = f"loaded whole: {why}"
     check_positions(run.loaded.model.config, r)
+    check_scratch(run)
     run.timing["load_seconds"] = round(time.perf_counter() - t0, 2)
+
+
+def check_scratch(run: Run) -> None:
+    """A streamed run keeps one quantized state's layers at a time in its scratch folder (as codes): the room for
+    them (and for the outputs, on the same disk) is checked right after loading, before any work, so a disk too
+    small fails now and not hours into GPTQ (as the Llama-3.2-3B-shaped benchmark once did)."""
+    r, loaded = run.recipe, run.loaded
+    if loaded.scratch is None or not is_streamed(loaded.model) or r.stage != "full" or not r.quantization.enabled:
+        return
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's ranks on this machine each keep their own
+    need = ranks * max(kept_bytes(loaded.model, sc.weights.bits) for sc in r.quantization.schemes.values())
+    where = loaded.scratch.path
+    if os.stat(where).st_dev == os.stat(run.out).st_dev:
+        need += run.output_bytes
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise SmoothQuantError(f"not enough free space for the run's scratch folder {where.parent}: a quantized "
+                               f"state's layers{' and the outputs' if run.output_bytes else ''} need about "
+                               f"{need / 2**30:.2f} GiB and it has {free / 2**30:.2f} GiB free; free space there or "
+                               "set resources.offload_dir to a folder with room.")
 
 
 # ---- analyze: probe -> detect --------------------------------------------------------------------

@@ -125,6 +125,33 @@ def test_a_full_offload_disk_mid_run_is_one_clear_error_and_the_output_is_untouc
     assert list((tmp_path / "offload").iterdir()) == []
 
 
+def test_a_scratch_disk_too_small_for_a_quantized_state_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """The Llama-3.2-3B-shaped benchmark once ran out of scratch disk after an hour of work: the room for one
+    quantized state's layers (and the outputs, on the same disk) is checked right after loading."""
+    import safetensors.torch
+
+    import smooth_then_quant.stages as stages
+
+    (tmp_path / "offload").mkdir()
+    recipe = _offload_recipe(tmp_path, tmp_path / "offload", capsys)
+    asked = []
+
+    def huge(model, bits):
+        asked.append((model.model.layers[0].mlp.down_proj.weight.device.type, bits))
+        return 2**60
+
+    def no_work(*a, **k):
+        raise AssertionError("a layer was kept: work had started")
+    monkeypatch.setattr(stages, "kept_bytes", huge)
+    monkeypatch.setattr(safetensors.torch, "save_file", no_work)
+    assert main([str(recipe), "-q"]) == 2
+    _one_line_error(capsys, f"not enough free space for the run's scratch folder {tmp_path / 'offload'}: a quantized "
+                    "state's layers and the outputs need about")
+    assert asked == [("meta", 4)]  # the streamed skeleton, the scheme's bits
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["mine.txt"] and not list(tmp_path.glob(".out*"))
+    assert list((tmp_path / "offload").iterdir()) == []
+
+
 DRIVER = textwrap.dedent("""
     import pathlib, signal, sys, time
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (CI starts jobs with it ignored)

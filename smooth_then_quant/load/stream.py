@@ -14,10 +14,12 @@ integer codes, quantize/keep.py). Deep-copying the model
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
 import uuid
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +37,20 @@ Edit = Callable[[nn.Module], None]
 SCRATCH_SHARD_BYTES = 64 * 2**20
 
 
+class KeptFile:
+    """A kept layer's scratch file, removed once no state refers to it (a quantized clone dropped after its
+    evaluation frees its layers' files then, not at the end of the run: the scratch holds one state at a time)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        weakref.finalize(self, _remove, str(path))
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
 class CheckpointSource:
     """The LayerSource of a streamed model: its checkpoint, its per-layer edits and kept layers."""
 
@@ -42,7 +58,7 @@ class CheckpointSource:
         self.ckpt, self.dtype, self.device, self.scratch = ckpt, dtype, torch.device(device), scratch
         self.max_memory = default_hidden_budget() if max_memory is None else max_memory
         self.edits: dict[int, list[tuple[str, Edit]]] = {}
-        self.kept: dict[int, tuple[Path, int, Keep]] = {}  # layer -> (its file, how many edits it holds, its packer)
+        self.kept: dict[int, tuple[KeptFile, int, Keep]] = {}  # layer -> (its file, edits it holds, its packer)
         self.history: list[str] = [f"{ckpt.folder.resolve()}:{dtype}"]  # what the state's digest is made of
 
     # ---- state --------------------------------------------------------------------------------
@@ -55,7 +71,7 @@ class CheckpointSource:
         return hashlib.blake2b("\n".join(self.history).encode(), digest_size=16).hexdigest()
 
     def __deepcopy__(self, memo):
-        twin = copy.copy(self)  # shares the checkpoint and the scratch folder; kept files are never rewritten
+        twin = copy.copy(self)  # shares the checkpoint, the scratch folder and the kept files (never rewritten)
         twin.edits = {li: list(e) for li, e in self.edits.items()}
         twin.kept, twin.history = dict(self.kept), list(self.history)
         return twin
@@ -66,8 +82,8 @@ class CheckpointSource:
 
         done = 0
         if li in self.kept:
-            path, done, keep = self.kept[li]
-            with safe_open(str(path), "pt", device=str(self.device)) as st:
+            kept, done, keep = self.kept[li]
+            with safe_open(str(kept.path), "pt", device=str(self.device)) as st:
                 keep.unpack_(layer, {name: st.get_tensor(name) for name in st.keys()}, self.device)
         else:
             prefix = _layer_prefix(model, li)
@@ -94,7 +110,7 @@ class CheckpointSource:
             for n in sorted(tensors):
                 h.update(n.encode())
                 h.update(tensors[n].view(-1).view(torch.uint8).numpy())
-            self.kept[li] = (path, len(self.edits.get(li, [])), keep)
+            self.kept[li] = (KeptFile(path), len(self.edits.get(li, [])), keep)
             self.history.append(f"kept {li} {h.hexdigest()}")
             del tensors
         _free(layer)

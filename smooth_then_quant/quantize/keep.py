@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..arch import adapter_for
 from .grid import grid_of, weight_view
 
 _CODES = "::codes"  # "<module>.weight::codes": a gridded weight's codes, uint8 (packed in pairs when bits <= 4)
@@ -77,3 +78,17 @@ class GridCodes:
 
 
 GRID_CODES = GridCodes()
+
+
+
+def kept_bytes(model: nn.Module, bits: int) -> int:
+    """About the scratch bytes of one quantized state of a streamed `model` (its parameters may be on meta):
+    every projection as codes, every other decoder-layer parameter as it is, plus safetensors headers."""
+    adapter = adapter_for(model)
+    projections = {id(m.weight) for _, m in adapter.named_projections(model)}
+    total = 0
+    for layer in adapter.decoder_layers(model):
+        for p in layer.parameters():
+            total += (p.numel() * (1 if bits > 4 else 0.5)) if id(p) in projections else p.numel() * p.element_size()
+            total += 200  # its entry in the file's header
+    return int(total)

@@ -13,7 +13,7 @@ from smooth_then_quant.arch.sequential import Parameters
 from smooth_then_quant.io import Scratch
 from smooth_then_quant.load.stream import streamed_model
 from smooth_then_quant.quantize import GPTQWeights, WeightQuant, gptq_, rtn_weights_
-from smooth_then_quant.quantize.keep import GRID_CODES, pack_codes, unpack_codes
+from smooth_then_quant.quantize.keep import GRID_CODES, kept_bytes, pack_codes, unpack_codes
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -43,9 +43,9 @@ def test_a_kept_quantized_layer_is_its_codes_and_comes_back_bit_identical(tmp_pa
         rtn_weights_(model, WeightQuant(4, 32))
     src = source_of(model)
     full = 0
-    for li, (path, _, keep) in sorted(src.kept.items()):
+    for li, (kept, _, keep) in sorted(src.kept.items()):
         assert keep is GRID_CODES
-        with safe_open(str(path), "pt") as st:
+        with safe_open(str(kept.path), "pt") as st:
             names = list(st.keys())
             assert sum(n.endswith("::codes") for n in names) == (4 if family == "gpt2" else 7)
             assert all(st.get_tensor(n).dtype == torch.uint8 for n in names if n.endswith("::codes"))
@@ -56,7 +56,8 @@ def test_a_kept_quantized_layer_is_its_codes_and_comes_back_bit_identical(tmp_pa
         with resident(twin, li, keep=Parameters()):
             pass
         assert all(torch.equal(got[n], t) for n, t in _layer_params(twin, li).items())
-    kept = sum(p.stat().st_size for p, _, _ in src.kept.values())
+    kept = sum(k.path.stat().st_size for k, _, _ in src.kept.values())
+    assert kept_bytes(model, 4) == pytest.approx(kept, rel=0.1)  # the estimate the run checks free space with
     assert kept < 0.25 * full, (kept, full)  # 4-bit codes + norms/biases in float32, safetensors headers
 
 
@@ -67,8 +68,33 @@ def test_a_weight_changed_after_rounding_is_kept_as_it_is(tmp_path):
     with resident(model, 0, keep=GRID_CODES) as layer:
         layer.mlp.down_proj.weight.data[0, 0] += 1e-3  # off its grid now
         expected = {n: p.detach().clone() for n, p in layer.named_parameters()}
-    path = source_of(model).kept[0][0]
+    path = source_of(model).kept[0][0].path
     with safe_open(str(path), "pt") as st:
         assert "mlp.down_proj.weight" in st.keys() and "mlp.up_proj.weight::codes" in st.keys()
     got = _layer_params(model, 0)
     assert all(torch.equal(got[n], t) for n, t in expected.items())
+
+
+def test_the_files_of_a_dropped_quantized_clone_are_removed_and_shared_ones_stay(tmp_path):
+    """The scratch holds the quantized states alive, not every state the run made (the Llama-3.2-3B-shaped run
+    kept both compared states' layers to the end)."""
+    import gc
+
+    from smooth_then_quant.smooth import clone_model
+
+    save_tiny(tmp_path / "m", "llama", init=0.05)
+    scratch = Scratch(tmp_path)
+    model = streamed_model(tmp_path / "m", scratch=scratch)
+    q = clone_model(model)
+    rtn_weights_(q, WeightQuant(4, 32))
+    files = lambda: sorted(scratch.path.glob("layer*.safetensors"))  # noqa: E731
+    assert len(files()) == 4
+    twin = clone_model(q)  # shares q's kept files
+    expected = _layer_params(q, 2)
+    del q
+    gc.collect()
+    assert len(files()) == 4  # the twin still reads them
+    assert all(torch.equal(expected[n], t) for n, t in _layer_params(twin, 2).items())
+    del twin
+    gc.collect()
+    assert files() == [] and not source_of(model).kept
