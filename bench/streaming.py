@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -149,14 +150,37 @@ sys.exit(code)
 def run_recipe(recipe: Path, *overrides: str) -> dict:
     """`smooth-quant RECIPE -q --set ...` in its own process -> wall time, VmHWM, report.json, output folder."""
     sets = [a for kv in overrides for a in ("--set", kv)]
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CLI, str(recipe), "-q", *sets], capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    kb = next((int(ln.split()[1]) for ln in proc.stdout.splitlines() if ln.startswith("VMHWM_KB")), None)
     out = Path(next(kv.split("=", 1)[1] for kv in overrides if kv.startswith("output_dir=")))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
+        proc = subprocess.Popen([sys.executable, "-c", CLI, str(recipe), "-q", *sets], stdout=so, stderr=se, text=True)
+        disk = 0  # the run's partial output folder (its scratch inside) at its largest, sampled every 10 s
+        while True:
+            disk = max(disk, sum(_size(p) for p in out.parent.glob(f".{out.name}.partial-*")))
+            try:
+                proc.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        wall = time.perf_counter() - t0
+        so.seek(0), se.seek(0)
+        stdout, stderr = so.read(), se.read()
+    kb = next((int(ln.split()[1]) for ln in stdout.splitlines() if ln.startswith("VMHWM_KB")), None)
+    measured = {"wall_s": wall, "vmhwm_kb": kb, "peak_disk_bytes": disk, "returncode": proc.returncode}
+    out.parent.joinpath(f"{out.name}.measured.json").write_text(json.dumps(measured))  # kept if formatting fails
     if proc.returncode or kb is None:
-        return {"error": proc.stderr[-1500:], "wall_s": wall}
-    return {"wall_s": wall, "vmhwm_kb": kb, "report": json.loads((out / "report.json").read_text()), "out": out}
+        return {"error": stderr[-1500:], "wall_s": wall}
+    return {**measured, "report": json.loads((out / "report.json").read_text()), "out": out}
+
+
+def _size(folder: Path) -> int:
+    total = 0
+    for p in folder.rglob("*"):
+        try:
+            total += p.stat().st_size if p.is_file() else 0
+        except OSError:  # removed while we looked
+            pass
+    return total
 
 
 def run_cli(folder: Path, work: Path, samples: int, seq_len: int) -> dict:
@@ -193,7 +217,8 @@ def _tensors(folder: Path) -> dict:
 
 
 def _ppl_rows(report: dict) -> dict:
-    return {(r["scheme"], r["state"]): r["ppl"]["offline"] for r in report["quantization"]["rows"]}
+    """(scheme, state) -> perplexity on the first evaluation dataset (the quickstart's `offline`, a file's path)."""
+    return {(r["scheme"], r["state"]): next(iter(r["ppl"].values())) for r in report["quantization"]["rows"]}
 
 
 def section_quickstart(work: Path) -> list[str]:
@@ -296,6 +321,8 @@ def section_full(name: str, work: Path, smol: Path) -> list[str]:
               f"model), wall time {r['wall_s'] / 60:.0f} min (load {t.get('load_seconds')} s, probe "
               f"{t.get('probe_seconds')} s, plan {t.get('plan_seconds')} s, quantization "
               f"{t.get('quantization_seconds')} s)",
+              f"- disk: the run's partial output folder (its scratch inside) peaked at "
+              f"{r['peak_disk_bytes'] / 1024**3:.2f} GiB (sampled every 10 s)",
               f"- weights: {rep['model'].get('weights')}",
               f"- massive-activation families found: {len(rep['analysis']['massive_families'])}; plan: "
               + "; ".join(f"{x['count']} {x['kind']}" for x in rep["smoothing"]["plan"]["summary"]),
