@@ -112,7 +112,7 @@ def check_scratch(run: Run) -> None:
     if loaded.scratch is None or not is_streamed(loaded.model) or r.stage != "full" or not r.quantization.enabled:
         return
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's ranks on this machine each keep their own
-    need = ranks * max(kept_bytes(loaded.model, sc.weights.bits) for sc in r.quantization.schemes.values())
+    need = ranks * kept_bytes(loaded.model, max(sc.weights.bits for sc in r.quantization.schemes.values()))
     where = loaded.scratch.path
     if os.stat(where).st_dev == os.stat(run.out).st_dev:
         need += run.output_bytes

@@ -47,7 +47,7 @@ class Keep(Protocol):
 
 
 class Parameters:
-    """Keep: every parameter as it is (the default; quantize/keep.py's GridCodes stores a quantized layer's codes)."""
+    """Keep: every parameter as it is (quantize/keep.py's GridCodes stores a quantized layer's codes instead)."""
 
     def pack(self, layer: nn.Module) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().contiguous() for n, p in layer.named_parameters()}
@@ -97,10 +97,10 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
-def resident(model: nn.Module, li: int, keep: Keep | bool = False) -> Iterator[nn.Module]:
+def resident(model: nn.Module, li: int, keep: Keep | None = None) -> Iterator[nn.Module]:
     """Decoder layer `li` with its weights present for the block. `keep`: the block changes the weights
-    (GPTQ), so a streamed model stores them for its later walks, as `keep` packs them (True: every parameter
-    as it is). A resident model's layer is just returned."""
+    (GPTQ), so a streamed model stores them for its later walks, as `keep` packs them (Parameters(): every
+    parameter as it is). A resident model's layer is just returned."""
     layer = adapter_for(model).decoder_layers(model)[li]
     src = source_of(model)
     if src is None:
@@ -112,7 +112,7 @@ def resident(model: nn.Module, li: int, keep: Keep | bool = False) -> Iterator[n
         yield layer
         ok = True
     finally:
-        src.offload_(model, li, layer, (Parameters() if keep is True else keep or None) if ok else None)
+        src.offload_(model, li, layer, keep if ok else None)
 
 
 def trim_heap() -> None:

@@ -29,8 +29,8 @@ from ..arch.sequential import input_kwargs, layer_inputs, layer_output, my_batch
 from ..progress import bar
 from ..schema import Config
 from .fake import weight_view
-from .keep import GRID_CODES
 from .grid import QuantGrid, g_idx_from_order, snap_
+from .keep import GRID_CODES
 from .rtn import GroupSize
 
 ActOrder = Literal["off", "desc", "group_aware"]

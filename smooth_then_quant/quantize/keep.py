@@ -1,7 +1,7 @@
 """How a streamed model keeps a layer GPTQ or RTN quantized: as a GPTQ checkpoint holds it, the integer codes
 of each weight on its grid (two 4-bit codes a byte) beside the layer's other parameters, instead of float32
-weights (8x less scratch disk than float32 at 4 bits). The grid itself
-(scales, zeros, g_idx) stays on the module (`quant_grid`), as it does in a resident model.
+weights (8x less scratch disk than float32 at 4 bits). The grid itself (scales, zeros, g_idx) stays on the
+module (`quant_grid`), as it does in a resident model.
 
     resident(model, li, keep=GRID_CODES)   # arch.sequential: stored on offload, rebuilt on onload
 
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..arch import adapter_for
+from ..arch.sequential import Parameters
 from .grid import grid_of, weight_view
 
 _CODES = "::codes"  # "<module>.weight::codes": a gridded weight's codes, uint8 (packed in pairs when bits <= 4)
@@ -64,21 +65,18 @@ class GridCodes:
         return out
 
     def unpack_(self, layer: nn.Module, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
-        from accelerate.utils import set_module_tensor_to_device
-
+        rebuilt = {}
         for name, t in tensors.items():
-            if not name.endswith(_CODES):
-                set_module_tensor_to_device(layer, name, device, value=t)
-                continue
-            name = name.removesuffix(_CODES)
-            module = layer.get_submodule(name.rpartition(".")[0])
-            grid = grid_of(module)
-            codes = unpack_codes(t.to(grid.scale.device), grid.bits, grid.g_idx.numel())
-            set_module_tensor_to_device(layer, name, device, value=_rebuilt(module, codes))
+            if name.endswith(_CODES):
+                name = name.removesuffix(_CODES)
+                module = layer.get_submodule(name.rpartition(".")[0])
+                grid = grid_of(module)
+                t = _rebuilt(module, unpack_codes(t.to(grid.scale.device), grid.bits, grid.g_idx.numel()))
+            rebuilt[name] = t
+        Parameters().unpack_(layer, rebuilt, device)
 
 
 GRID_CODES = GridCodes()
-
 
 
 def kept_bytes(model: nn.Module, bits: int) -> int:
